@@ -1,0 +1,75 @@
+"""Pairwise and paired distances against NumPy computed from differences."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tests import reference
+from tripletjax import distances
+
+
+class DistancesTest(parameterized.TestCase):
+
+  @parameterized.parameters(*distances.METRICS)
+  def test_pairwise_matches_reference(self, metric):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(13, 6)).astype(np.float32)
+    got = jax.jit(lambda v: distances.pairwise_distances(v, metric=metric))(x)
+    np.testing.assert_allclose(got, reference.pairwise_distances(x, metric),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.diag(got), 0.0)
+
+  @parameterized.parameters(*distances.METRICS)
+  def test_cross_distances_and_paired_agree(self, metric):
+    rng = np.random.default_rng(1)
+    x, y = (rng.normal(size=(7, 3)).astype(np.float32) for _ in range(2))
+    cross = distances.pairwise_distances(x, y, metric=metric)
+    both = reference.pairwise_distances(np.concatenate([x, y]), metric)
+    np.testing.assert_allclose(cross, both[:7, 7:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(distances.paired_distances(x, y, metric=metric),
+                               np.diag(both[:7, 7:]), rtol=1e-5, atol=1e-5)
+
+  def test_hand_computed(self):
+    x = jnp.array([[0.0, 0.0], [3.0, 4.0], [0.0, 2.0]])
+    np.testing.assert_allclose(
+        distances.pairwise_distances(x, metric="euclidean")[0], [0, 5, 2])
+    np.testing.assert_allclose(
+        distances.pairwise_distances(x, metric="squared_euclidean")[1],
+        [25, 0, 13])
+    # A zero vector is at cosine distance 1 from everything else.
+    np.testing.assert_allclose(
+        distances.pairwise_distances(x, metric="cosine")[:, 0], [0, 1, 1])
+    np.testing.assert_allclose(
+        distances.pairwise_distances(x, metric="cosine")[1, 2], 1 - 4 / 5,
+        rtol=1e-6)
+
+  @parameterized.parameters(*distances.METRICS)
+  def test_gradient_at_zero_distance_is_finite_and_zero(self, metric):
+    x = jnp.array([[1.0, 2.0], [1.0, 2.0]])
+    for fn in (lambda v: distances.pairwise_distances(v, metric=metric).sum(),
+               lambda v: distances.paired_distances(v[:1], v[1:],
+                                                    metric=metric).sum()):
+      grad = jax.grad(fn)(x)
+      np.testing.assert_array_equal(grad, np.zeros_like(grad))
+
+  def test_euclidean_value_is_not_biased(self):
+    x = jnp.array([[0.0], [1e-3]])
+    np.testing.assert_allclose(
+        distances.paired_distances(x[:1], x[1:], metric="euclidean"), [1e-3],
+        rtol=1e-6)
+
+  def test_bad_input(self):
+    with self.assertRaisesRegex(ValueError, "metric"):
+      distances.pairwise_distances(jnp.zeros((2, 2)), metric="l1")
+    with self.assertRaisesRegex(ValueError, r"\[N, D\]"):
+      distances.pairwise_distances(jnp.zeros((2,)))
+    with self.assertRaisesRegex(ValueError, r"\[N, D\]"):
+      distances.pairwise_distances(jnp.zeros((2, 2)), jnp.zeros((2, 3)))
+    with self.assertRaisesRegex(ValueError, r"\[N, D\]"):
+      distances.paired_distances(jnp.zeros((2, 2)), jnp.zeros((3, 2)))
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,243 @@
+"""Triplet losses against brute-force enumeration of every triplet."""
+
+import functools
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import jax
+import jax.test_util
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tests import reference
+import tripletjax
+from tripletjax import losses
+
+METRICS = ("euclidean", "squared_euclidean", "cosine")
+
+REFERENCES = {
+    "batch_all": reference.batch_all,
+    "batch_hard": reference.batch_hard,
+    "batch_hard_soft": functools.partial(reference.batch_hard, soft=True),
+    "semihard": reference.semihard,
+}
+
+
+def random_batch(seed, *, batch, dim, classes, duplicates=0, padding=0):
+  """Embeddings and labels; `duplicates` rows copy another row and its label."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(batch, dim)).astype(np.float32)
+  labels = rng.integers(0, classes, size=batch).astype(np.int32)
+  for _ in range(duplicates):
+    src, dst = rng.choice(batch, size=2, replace=False)
+    x[dst], labels[dst] = x[src], labels[src]
+  labels[rng.choice(batch, size=padding, replace=False)] = -1
+  return x, labels
+
+
+# Batches that cover the edge cases of mining: (name, kwargs of random_batch).
+CASES = (
+    ("few_classes", dict(batch=12, dim=4, classes=3)),
+    ("many_classes", dict(batch=16, dim=8, classes=7)),
+    ("single_class", dict(batch=8, dim=3, classes=1)),
+    ("all_distinct", dict(batch=6, dim=3, classes=1000)),
+    ("duplicates", dict(batch=14, dim=4, classes=3, duplicates=5)),
+    ("padding", dict(batch=15, dim=5, classes=4, padding=4)),
+    ("all_padding", dict(batch=5, dim=2, classes=2, padding=5)),
+)
+
+
+class MiningLossTest(parameterized.TestCase):
+
+  def _check_against_reference(self, name, x, labels, margin, metric,
+                               dist_ref):
+    # The margin is traced, so one compilation serves every margin.
+    loss_fn = jax.jit(losses.MINING_LOSSES[name], static_argnames="metric")
+    loss, metrics = loss_fn(x, labels, margin=margin, metric=metric)
+    want, num_triplets, num_active = REFERENCES[name](dist_ref, labels, margin)
+    np.testing.assert_allclose(loss, want, rtol=2e-4, atol=2e-5)
+    self.assertEqual(int(metrics["num_triplets"]), num_triplets)
+    self.assertEqual(int(metrics["num_active_triplets"]), num_active)
+    np.testing.assert_allclose(metrics["fraction_active_triplets"],
+                               num_active / num_triplets if num_triplets else 0,
+                               rtol=1e-6)
+    for key, value in reference.pair_statistics(dist_ref, labels, x).items():
+      np.testing.assert_allclose(metrics[key], value, rtol=2e-4, atol=2e-5,
+                                 err_msg=key)
+    self.assertEqual(set(metrics), set(losses.METRIC_NAMES))
+
+  @parameterized.product(name=tuple(REFERENCES), metric=METRICS, case=CASES)
+  def test_matches_brute_force(self, name, metric, case):
+    for seed in range(3):
+      x, labels = random_batch(seed, **case[1])
+      # Ties (duplicated rows) are decided on the distances the library
+      # computes; elsewhere the reference computes its own in float64.
+      if case[0] == "duplicates":
+        dist = np.asarray(tripletjax.pairwise_distances(x, metric=metric),
+                          np.float64)
+      else:
+        dist = reference.pairwise_distances(x, metric)
+      for margin in (0.0, 0.2, 1.0):
+        with self.subTest(seed=seed, margin=margin):
+          self._check_against_reference(name, x, labels, margin, metric, dist)
+
+  @parameterized.parameters(*REFERENCES)
+  def test_hand_computed_values(self, name):
+    # 1-D points: class 0 at 0 and 1, class 1 at 1.5 and 3; margin 1.
+    x = jnp.array([[0.0], [1.0], [1.5], [3.0]])
+    labels = jnp.array([0, 0, 1, 1])
+    want = {
+        # Triplets (a,p,n): (0,1,2) 0.5, (0,1,3) 0, (1,0,2) 1.5, (1,0,3) 0,
+        # (2,3,0) 1, (2,3,1) 2, (3,2,0) 0, (3,2,1) 0.5: mean of 5 active.
+        "batch_all": (0.5 + 1.5 + 1.0 + 2.0 + 0.5) / 5,
+        # Anchors: 0 -> 1 - 1.5 + 1; 1 -> 1 - 0.5 + 1; 2 -> 1.5 - 0.5 + 1;
+        # 3 -> 1.5 - 2 + 1.
+        "batch_hard": (0.5 + 1.5 + 2.0 + 0.5) / 4,
+        "batch_hard_soft": np.mean(np.logaddexp(0, [0.5, 1.5, 2.0, 0.5])),
+        # Pairs: (0,1) n=1.5 -> 0.5; (1,0) n=1.5 -> 0; (2,3) none farther
+        # than 1.5, farthest n=0 at 1.5 -> 1; (3,2) n=1 at 2 -> 0.5.
+        "semihard": (0.5 + 0.0 + 1.0 + 0.5) / 4,
+    }[name]
+    loss, _ = losses.MINING_LOSSES[name](x, labels, margin=1.0)
+    np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+  @parameterized.product(name=tuple(REFERENCES), metric=METRICS)
+  def test_invariant_to_batch_permutation(self, name, metric):
+    x, labels = random_batch(3, batch=20, dim=6, classes=4, padding=2)
+    perm = np.random.default_rng(0).permutation(len(labels))
+    loss_fn = functools.partial(losses.MINING_LOSSES[name], margin=0.3,
+                                metric=metric)
+    loss, metrics = loss_fn(x, labels)
+    loss_perm, metrics_perm = loss_fn(x[perm], labels[perm])
+    np.testing.assert_allclose(loss_perm, loss, rtol=1e-5)
+    for key in metrics:
+      np.testing.assert_allclose(metrics_perm[key], metrics[key], rtol=1e-5,
+                                 err_msg=key)
+
+  @parameterized.product(name=tuple(REFERENCES), metric=METRICS)
+  def test_gradients_match_finite_differences(self, name, metric):
+    x, labels = random_batch(4, batch=10, dim=3, classes=3)
+    with jax.enable_x64(True):
+      loss_fn = functools.partial(losses.MINING_LOSSES[name], margin=0.5,
+                                  metric=metric)
+      jax.test_util.check_grads(lambda e: loss_fn(e, labels)[0],
+                                (x.astype(np.float64),), order=1,
+                                modes=("rev",), eps=1e-5, atol=1e-5, rtol=1e-4)
+
+  @parameterized.product(name=tuple(REFERENCES), metric=METRICS,
+                         value=(0.0, 1.0))
+  def test_finite_gradients_when_embeddings_coincide(self, name, metric,
+                                                     value):
+    x = jnp.full((8, 4), value)
+    labels = jnp.array([0, 0, 1, 1, 2, 2, 0, 1])
+    grad = jax.grad(lambda e: losses.MINING_LOSSES[name](
+        e, labels, margin=0.2, metric=metric)[0])(x)
+    self.assertTrue(np.all(np.isfinite(grad)))
+
+  @parameterized.product(
+      name=tuple(REFERENCES),
+      labels=((0, 0, 0, 0), (0, 1, 2, 3), (-1, -1, -1, -1), (0, -1, 1, -1)))
+  def test_no_valid_triplet_gives_zero_loss_and_gradient(self, name, labels):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
+    (loss, metrics), grad = jax.value_and_grad(
+        lambda e: losses.MINING_LOSSES[name](e, jnp.array(labels), margin=0.2),
+        has_aux=True)(x)
+    self.assertEqual(float(loss), 0.0)
+    self.assertEqual(float(metrics["num_triplets"]), 0.0)
+    np.testing.assert_array_equal(grad, np.zeros_like(grad))
+    for key, value in metrics.items():
+      self.assertTrue(np.isfinite(value), key)
+
+  @parameterized.parameters(*REFERENCES)
+  def test_vmap_over_batches_equals_each_batch(self, name):
+    batches = [random_batch(s, batch=12, dim=4, classes=3) for s in range(3)]
+    xs = np.stack([b[0] for b in batches])
+    ys = np.stack([b[1] for b in batches])
+    loss_fn = functools.partial(losses.MINING_LOSSES[name], margin=0.2)
+    vmapped, _ = jax.vmap(loss_fn)(xs, ys)
+    for i, (x, y) in enumerate(batches):
+      np.testing.assert_allclose(vmapped[i], loss_fn(x, y)[0], rtol=1e-6)
+
+  def test_batch_all_builds_no_cubic_tensor(self):
+    b = 64
+    x, labels = random_batch(0, batch=b, dim=4, classes=8)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda e: losses.batch_all_triplet_loss(
+        e, labels, margin=0.2)[0]))(x)
+    sizes = [np.prod(v.aval.shape) for eqn in jaxpr.eqns for v in eqn.outvars]
+    self.assertLess(max(sizes), b * b * 4)
+
+
+class BadInputTest(parameterized.TestCase):
+
+  @parameterized.parameters(*REFERENCES)
+  def test_errors_name_the_argument(self, name):
+    loss_fn = losses.MINING_LOSSES[name]
+    x = jnp.zeros((4, 2))
+    labels = jnp.array([0, 0, 1, 1])
+    cases = (
+        (dict(embeddings=jnp.zeros((4,)), labels=labels, margin=0.2),
+         "embeddings"),
+        (dict(embeddings=jnp.zeros((2, 2, 2)), labels=labels[:2], margin=0.2),
+         "embeddings"),
+        (dict(embeddings=x, labels=labels[:3], margin=0.2), "labels"),
+        (dict(embeddings=x, labels=labels[:, None], margin=0.2), "labels"),
+        (dict(embeddings=x, labels=labels.astype(jnp.float32), margin=0.2),
+         "labels"),
+        (dict(embeddings=x, labels=labels, margin=-0.1), "margin"),
+        (dict(embeddings=x, labels=labels, margin=float("nan")), "margin"),
+        (dict(embeddings=x, labels=labels, margin=0.2, metric="manhattan"),
+         "metric"),
+    )
+    for kwargs, argument in cases:
+      with self.assertRaisesRegex(ValueError, argument):
+        loss_fn(**kwargs)
+
+
+class TripletMarginLossTest(parameterized.TestCase):
+
+  @parameterized.product(metric=METRICS, margin=(0.0, 0.5))
+  def test_matches_enumeration(self, metric, margin):
+    rng = np.random.default_rng(0)
+    a, p, n = (rng.normal(size=(9, 5)).astype(np.float32) for _ in range(3))
+    loss, metrics = jax.jit(functools.partial(
+        losses.triplet_margin_loss, margin=margin, metric=metric))(a, p, n)
+    d_ap = [reference.pairwise_distances(np.stack([a[i], p[i]]), metric)[0, 1]
+            for i in range(9)]
+    d_an = [reference.pairwise_distances(np.stack([a[i], n[i]]), metric)[0, 1]
+            for i in range(9)]
+    per = np.maximum(np.array(d_ap) - np.array(d_an) + margin, 0)
+    np.testing.assert_allclose(loss, per.mean(), rtol=1e-5)
+    self.assertEqual(int(metrics["num_active_triplets"]), int((per > 0).sum()))
+    np.testing.assert_allclose(metrics["hardest_positive_distance"],
+                               max(d_ap), rtol=1e-5)
+    np.testing.assert_allclose(metrics["hardest_negative_distance"],
+                               min(d_an), rtol=1e-5)
+
+  def test_matches_optax(self):
+    rng = np.random.default_rng(1)
+    a, p, n = (rng.normal(size=(16, 8)).astype(np.float32) for _ in range(3))
+    loss, _ = losses.triplet_margin_loss(a, p, n, margin=1.0)
+    want = optax.losses.triplet_margin_loss(a, p, n, margin=1.0, eps=0.0)
+    np.testing.assert_allclose(loss, jnp.mean(want), rtol=1e-5)
+
+  def test_finite_gradient_for_identical_rows(self):
+    x = jnp.ones((3, 4))
+    grad = jax.grad(lambda e: losses.triplet_margin_loss(
+        e, e, e, margin=0.5)[0])(x)
+    self.assertTrue(np.all(np.isfinite(grad)))
+
+  def test_errors(self):
+    x = jnp.zeros((3, 2))
+    with self.assertRaisesRegex(ValueError, "shape"):
+      losses.triplet_margin_loss(x, x[:2], x, margin=0.1)
+    with self.assertRaisesRegex(ValueError, "margin"):
+      losses.triplet_margin_loss(x, x, x, margin=-1.0)
+    with self.assertRaisesRegex(ValueError, "metric"):
+      losses.triplet_margin_loss(x, x, x, margin=0.1, metric="l1")
+    with self.assertRaisesRegex(ValueError, "at least one"):
+      losses.triplet_margin_loss(x[:0], x[:0], x[:0], margin=0.1)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,89 @@
+"""Brute-force NumPy references for the tests: every triplet enumerated.
+
+Written for clarity, not speed, and independently of the library: plain
+Python loops over (anchor, positive, negative) in float64.
+"""
+
+import numpy as np
+
+
+def pairwise_distances(x: np.ndarray, metric: str) -> np.ndarray:
+  """[N, D] -> [N, N] distances, computed from explicit differences."""
+  x = np.asarray(x, np.float64)
+  if metric == "cosine":
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    dist = 1.0 - unit @ unit.T
+    np.fill_diagonal(dist, 0.0)
+    return np.clip(dist, 0.0, 2.0)
+  sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+  return sq if metric == "squared_euclidean" else np.sqrt(sq)
+
+
+def _is_triplet(labels, a, p, n) -> bool:
+  return (a != p and labels[a] >= 0 and labels[p] >= 0 and labels[n] >= 0
+          and labels[a] == labels[p] and labels[a] != labels[n])
+
+
+def _positives(labels, a):
+  return [p for p in range(len(labels))
+          if p != a and labels[a] >= 0 and labels[p] == labels[a]]
+
+
+def _negatives(labels, a):
+  return [n for n in range(len(labels))
+          if labels[a] >= 0 and labels[n] >= 0 and labels[n] != labels[a]]
+
+
+def batch_all(dist, labels, margin):
+  """Returns (loss, num_triplets, num_active)."""
+  b = len(labels)
+  losses = [max(dist[a, p] - dist[a, n] + margin, 0.0)
+            for a in range(b) for p in range(b) for n in range(b)
+            if _is_triplet(labels, a, p, n)]
+  active = [v for v in losses if v > 0]
+  return (sum(active) / len(active) if active else 0.0), len(losses), len(active)
+
+
+def batch_hard(dist, labels, margin, soft=False):
+  """Returns (loss, num_anchors, num_active)."""
+  losses, active = [], 0
+  for a in range(len(labels)):
+    pos, neg = _positives(labels, a), _negatives(labels, a)
+    if not pos or not neg:
+      continue
+    violation = max(dist[a, pos]) - min(dist[a, neg]) + margin
+    losses.append(np.logaddexp(0.0, violation) if soft else max(violation, 0.0))
+    active += violation > 0
+  return (float(np.mean(losses)) if losses else 0.0), len(losses), active
+
+
+def semihard(dist, labels, margin):
+  """Returns (loss, num_pairs, num_active)."""
+  losses = []
+  for a in range(len(labels)):
+    neg = _negatives(labels, a)
+    if not neg:
+      continue
+    for p in _positives(labels, a):
+      outside = [dist[a, n] for n in neg if dist[a, n] > dist[a, p]]
+      d_an = min(outside) if outside else max(dist[a, n] for n in neg)
+      losses.append(max(dist[a, p] - d_an + margin, 0.0))
+  active = sum(v > 0 for v in losses)
+  return (float(np.mean(losses)) if losses else 0.0), len(losses), active
+
+
+def pair_statistics(dist, labels, embeddings):
+  """Mean / hardest positive and negative distances, mean embedding norm."""
+  b = len(labels)
+  pos = [dist[a, p] for a in range(b) for p in _positives(labels, a)]
+  neg = [dist[a, n] for a in range(b) for n in _negatives(labels, a)]
+  valid = np.asarray(labels) >= 0
+  norms = np.linalg.norm(np.asarray(embeddings, np.float64)[valid], axis=1)
+  return {
+      "mean_positive_distance": np.mean(pos) if pos else 0.0,
+      "mean_negative_distance": np.mean(neg) if neg else 0.0,
+      "hardest_positive_distance": max(pos) if pos else 0.0,
+      "hardest_negative_distance": min(neg) if neg else 0.0,
+      "mean_embedding_norm": norms.mean() if norms.size else 0.0,
+  }

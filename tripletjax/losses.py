@@ -1,0 +1,378 @@
+"""Triplet losses with online mining, as pure JAX functions.
+
+Every loss takes a batch of ``embeddings [B, D]`` and integer ``labels [B]``
+and returns ``(loss, metrics)``: a scalar loss and a dict of scalar
+diagnostics (`METRIC_NAMES`). A label below zero marks a padding row, which
+takes part in no triplet. A batch without a single valid triplet gives a loss
+of 0 and zero gradients.
+
+Triplet ``(a, p, n)`` is valid when ``a != p``, ``label[a] == label[p]`` and
+``label[a] != label[n]``, all three rows not padding. Its loss is
+``max(d(a, p) - d(a, n) + margin, 0)``.
+
+Batch-all and semi-hard never build a ``B x B x B`` tensor: for every anchor
+the distances to its negatives are sorted once, and each positive pair finds
+its negatives by binary search, with prefix sums giving the summed loss. This
+is exact, takes O(B^2 log B) time and O(B^2) memory.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from tripletjax import distances
+
+Metrics = dict[str, jax.Array]
+LossFn = Callable[..., tuple[jax.Array, Metrics]]
+
+METRIC_NAMES = (
+    "num_triplets",
+    "num_active_triplets",
+    "fraction_active_triplets",
+    "mean_positive_distance",
+    "mean_negative_distance",
+    "hardest_positive_distance",
+    "hardest_negative_distance",
+    "mean_embedding_norm",
+)
+
+
+# --------------------------------------------------------------------------
+# Input checks and the masks every miner shares.
+# --------------------------------------------------------------------------
+def _check_margin(margin) -> None:
+  if isinstance(margin, jax.core.Tracer):
+    return  # Traced margins are checked by whoever made them concrete.
+  try:
+    value = float(margin)
+  except (TypeError, ValueError):
+    raise ValueError(f"margin must be a number, got {margin!r}.") from None
+  if not value >= 0:  # Also rejects NaN.
+    raise ValueError(f"margin must be >= 0, got {margin!r}.")
+
+
+def _check_batch(embeddings, labels, margin, metric: str):
+  """Validates a mined batch; returns (embeddings, labels) as arrays."""
+  distances.check_metric(metric)
+  _check_margin(margin)
+  embeddings = jnp.asarray(embeddings)
+  labels = jnp.asarray(labels)
+  if embeddings.ndim != 2:
+    raise ValueError(
+        f"embeddings must have shape [B, D], got shape {embeddings.shape}.")
+  if not jnp.issubdtype(embeddings.dtype, jnp.floating):
+    raise ValueError(
+        f"embeddings must be floating point, got dtype {embeddings.dtype}.")
+  if labels.shape != embeddings.shape[:1]:
+    raise ValueError(
+        f"labels must have shape [B] = [{embeddings.shape[0]}] to match "
+        f"embeddings {embeddings.shape}, got shape {labels.shape}.")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(
+        f"labels must be integers (class ids, < 0 for padding), got dtype "
+        f"{labels.dtype}.")
+  return embeddings, labels
+
+
+def _pair_masks(labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Positive-pair mask, negative-pair mask ([B, B] bool) and valid rows [B]."""
+  valid = labels >= 0
+  both_valid = valid[:, None] & valid[None, :]
+  same = labels[:, None] == labels[None, :]
+  not_self = ~jnp.eye(labels.shape[0], dtype=bool)
+  return same & both_valid & not_self, ~same & both_valid, valid
+
+
+def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
+  """``num / den`` where ``den > 0``, else 0, with finite gradients."""
+  den = jnp.asarray(den, jnp.float32)
+  return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+def _batch_metrics(dist, pos, neg, valid, embeddings, num_triplets,
+                   num_active) -> Metrics:
+  """The diagnostics of `METRIC_NAMES`; no gradient flows through them."""
+  dist = jax.lax.stop_gradient(dist)
+  embeddings = jax.lax.stop_gradient(embeddings)
+  num_pos, num_neg = jnp.sum(pos), jnp.sum(neg)
+  norms = distances.safe_sqrt(jnp.sum(embeddings * embeddings, axis=1))
+  num_triplets = jnp.asarray(num_triplets, jnp.float32)
+  num_active = jnp.asarray(num_active, jnp.float32)
+  return {
+      "num_triplets": num_triplets,
+      "num_active_triplets": num_active,
+      "fraction_active_triplets": _safe_divide(num_active, num_triplets),
+      "mean_positive_distance": _safe_divide(
+          jnp.sum(jnp.where(pos, dist, 0.0)), num_pos),
+      "mean_negative_distance": _safe_divide(
+          jnp.sum(jnp.where(neg, dist, 0.0)), num_neg),
+      "hardest_positive_distance": jnp.max(jnp.where(pos, dist, 0.0)),
+      "hardest_negative_distance": jnp.where(
+          num_neg > 0, jnp.min(jnp.where(neg, dist, jnp.inf)), 0.0),
+      "mean_embedding_norm": _safe_divide(
+          jnp.sum(jnp.where(valid, norms, 0.0)), jnp.sum(valid)),
+  }
+
+
+def _sorted_negatives(dist: jax.Array, neg: jax.Array):
+  """Per anchor, its negatives' distances in ascending order.
+
+  Args:
+    dist: pairwise distances, ``[B, B]``.
+    neg: negative-pair mask, ``[B, B]``.
+
+  Returns:
+    ``(sorted_dist, num_neg)``: ``[B, B]`` with each row's negatives first in
+    ascending order and ``+inf`` after them; ``[B]`` number of negatives.
+  """
+  return (jnp.sort(jnp.where(neg, dist, jnp.inf), axis=1),
+          jnp.sum(neg, axis=1))
+
+
+def _searchsorted_rows(sorted_rows: jax.Array, values: jax.Array,
+                       side: str) -> jax.Array:
+  """Row-wise `jnp.searchsorted`: ``[B, N]`` sorted rows, ``[B, M]`` values."""
+  search = functools.partial(jnp.searchsorted, side=side, method="scan")
+  return jax.vmap(search)(sorted_rows, values)
+
+
+# --------------------------------------------------------------------------
+# Losses.
+# --------------------------------------------------------------------------
+def batch_all_triplet_loss(
+    embeddings: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    margin: float,
+    metric: str = "euclidean",
+) -> tuple[jax.Array, Metrics]:
+  """Triplet loss over every valid triplet of the batch ("batch-all").
+
+  The loss is the mean over the triplets whose loss is positive (the active
+  triplets), which keeps the gradient from shrinking as training makes most
+  triplets easy; ``fraction_active_triplets`` reports how many those are.
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings.
+    labels: ``[B]`` integer class ids; rows with a label < 0 are padding.
+    margin: non-negative margin.
+    metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+
+  Returns:
+    ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[0.], [1.], [1.5]])
+    >>> loss, metrics = batch_all_triplet_loss(
+    ...     x, jnp.array([0, 0, 1]), margin=1.0)
+    >>> float(loss), float(metrics["num_active_triplets"])
+    (1.0, 2.0)
+
+  References:
+    Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
+    Re-Identification", 2017 (arXiv:1703.07737).
+  """
+  embeddings, labels = _check_batch(embeddings, labels, margin, metric)
+  dist = distances.pairwise_distances(embeddings, metric=metric)
+  pos, neg, valid = _pair_masks(labels)
+  sorted_neg, num_neg = _sorted_negatives(dist, neg)
+  finite_neg = jnp.where(jnp.isfinite(sorted_neg), sorted_neg, 0.0)
+  # prefix[a, c] = sum of anchor a's c closest negative distances.
+  prefix = jnp.pad(jnp.cumsum(finite_neg, axis=1), ((0, 0), (1, 0)))
+  # Triplet (a, p, n) is active iff d(a, n) < d(a, p) + margin: the negatives
+  # of a below that threshold are the first `count` of the sorted row.
+  threshold = dist + margin
+  count = jnp.where(pos, _searchsorted_rows(sorted_neg, threshold, "left"), 0)
+  summed = count * threshold - jnp.take_along_axis(prefix, count, axis=1)
+  num_active = jnp.sum(count)
+  total = jnp.sum(jnp.where(pos, summed, 0.0))
+  loss = _safe_divide(total, num_active)
+  num_triplets = jnp.sum(jnp.sum(pos, axis=1) * num_neg)
+  return loss, _batch_metrics(dist, pos, neg, valid, embeddings, num_triplets,
+                              num_active)
+
+
+def batch_hard_triplet_loss(
+    embeddings: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    margin: float,
+    metric: str = "euclidean",
+    soft: bool = False,
+) -> tuple[jax.Array, Metrics]:
+  """Triplet loss of each anchor's hardest positive and negative ("batch-hard").
+
+  For every anchor with at least one positive and one negative in the batch,
+  the farthest positive and the closest negative form its triplet; the loss is
+  the mean over those anchors of ``max(d_ap - d_an + margin, 0)``, or with
+  ``soft=True`` of ``softplus(d_ap - d_an + margin)`` (Hermans et al.'s soft
+  margin is ``margin=0``). A triplet counts as active when
+  ``d_ap - d_an + margin > 0``.
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings.
+    labels: ``[B]`` integer class ids; rows with a label < 0 are padding.
+    margin: non-negative margin.
+    metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    soft: use the softplus instead of the hinge.
+
+  Returns:
+    ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[0.], [1.], [1.5]])
+    >>> loss, _ = batch_hard_triplet_loss(x, jnp.array([0, 0, 1]), margin=1.0)
+    >>> float(loss)  # anchors 0 and 1: (1 - 1.5 + 1) and (1 - 0.5 + 1), halved
+    1.0
+
+  References:
+    Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
+    Re-Identification", 2017 (arXiv:1703.07737).
+  """
+  embeddings, labels = _check_batch(embeddings, labels, margin, metric)
+  dist = distances.pairwise_distances(embeddings, metric=metric)
+  pos, neg, valid = _pair_masks(labels)
+  has_neg = jnp.any(neg, axis=1)
+  anchors = jnp.any(pos, axis=1) & has_neg
+  hardest_pos = jnp.max(jnp.where(pos, dist, 0.0), axis=1)
+  hardest_neg = jnp.min(jnp.where(neg, dist, jnp.inf), axis=1)
+  hardest_neg = jnp.where(has_neg, hardest_neg, 0.0)
+  violation = hardest_pos - hardest_neg + margin
+  per_anchor = jax.nn.softplus(violation) if soft else jax.nn.relu(violation)
+  num_anchors = jnp.sum(anchors)
+  loss = _safe_divide(jnp.sum(jnp.where(anchors, per_anchor, 0.0)),
+                      num_anchors)
+  num_active = jnp.sum(anchors & (violation > 0))
+  return loss, _batch_metrics(dist, pos, neg, valid, embeddings, num_anchors,
+                              num_active)
+
+
+def batch_semihard_triplet_loss(
+    embeddings: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    margin: float,
+    metric: str = "euclidean",
+) -> tuple[jax.Array, Metrics]:
+  """FaceNet's semi-hard triplet loss, as tensorflow-addons defines it.
+
+  For every positive pair ``(a, p)`` the negative is the closest one farther
+  from ``a`` than ``p`` (``d_an > d_ap``); where there is none, the farthest
+  negative. The loss is the mean over all positive pairs whose anchor has a
+  negative of ``max(d_ap - d_an + margin, 0)``.
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings.
+    labels: ``[B]`` integer class ids; rows with a label < 0 are padding.
+    margin: non-negative margin.
+    metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+
+  Returns:
+    ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[0.], [1.], [1.5], [3.]])
+    >>> loss, _ = batch_semihard_triplet_loss(
+    ...     x, jnp.array([0, 0, 1, 1]), margin=1.0)
+    >>> float(loss)  # pairs (0,1): n=1.5 -> 0.5; (1,0): n=3 -> 0; (2,3): n=1 -> 1.5; (3,2): n=1 -> 0
+    0.5
+
+  References:
+    Schroff, Kalenichenko & Philbin, "FaceNet: A Unified Embedding for Face
+    Recognition and Clustering", CVPR 2015; `tfa.losses.TripletSemiHardLoss`.
+  """
+  embeddings, labels = _check_batch(embeddings, labels, margin, metric)
+  dist = distances.pairwise_distances(embeddings, metric=metric)
+  pos, neg, valid = _pair_masks(labels)
+  sorted_neg, num_neg = _sorted_negatives(dist, neg)
+  # Index of the first negative strictly farther than the positive.
+  first_outside = _searchsorted_rows(sorted_neg, dist, "right")
+  farthest = jnp.maximum(num_neg - 1, 0)[:, None]
+  index = jnp.where(first_outside < num_neg[:, None], first_outside, farthest)
+  finite_neg = jnp.where(jnp.isfinite(sorted_neg), sorted_neg, 0.0)
+  negative = jnp.take_along_axis(finite_neg, index, axis=1)
+  pairs = pos & (num_neg > 0)[:, None]
+  per_pair = jax.nn.relu(dist - negative + margin)
+  num_pairs = jnp.sum(pairs)
+  loss = _safe_divide(jnp.sum(jnp.where(pairs, per_pair, 0.0)), num_pairs)
+  num_active = jnp.sum(pairs & (per_pair > 0))
+  return loss, _batch_metrics(dist, pos, neg, valid, embeddings, num_pairs,
+                              num_active)
+
+
+def triplet_margin_loss(
+    anchors: jax.typing.ArrayLike,
+    positives: jax.typing.ArrayLike,
+    negatives: jax.typing.ArrayLike,
+    *,
+    margin: float,
+    metric: str = "euclidean",
+) -> tuple[jax.Array, Metrics]:
+  """Mean triplet loss of explicit triplets (row ``i`` of each input).
+
+  Args:
+    anchors: ``[T, D]`` float embeddings.
+    positives: ``[T, D]``, same class as the anchors.
+    negatives: ``[T, D]``, another class than the anchors.
+    margin: non-negative margin.
+    metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+
+  Returns:
+    ``(loss, metrics)``: the mean of ``max(d_ap - d_an + margin, 0)`` over the
+    ``T`` triplets and a dict of scalars (`METRIC_NAMES`).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> loss, _ = triplet_margin_loss(jnp.array([[0.]]), jnp.array([[1.]]),
+    ...                               jnp.array([[1.5]]), margin=1.0)
+    >>> float(loss)
+    0.5
+
+  References:
+    Schroff et al., CVPR 2015; `optax.losses.triplet_margin_loss` (the same
+    per-triplet value, with an epsilon inside the norm).
+  """
+  distances.check_metric(metric)
+  _check_margin(margin)
+  anchors, positives, negatives = map(jnp.asarray,
+                                      (anchors, positives, negatives))
+  if anchors.ndim != 2 or not anchors.shape == positives.shape == negatives.shape:
+    raise ValueError(
+        "anchors, positives and negatives must all have shape [T, D], got "
+        f"{anchors.shape}, {positives.shape} and {negatives.shape}.")
+  if anchors.shape[0] == 0:
+    raise ValueError("triplet_margin_loss needs at least one triplet, got 0.")
+  d_ap = distances.paired_distances(anchors, positives, metric=metric)
+  d_an = distances.paired_distances(anchors, negatives, metric=metric)
+  per_triplet = jax.nn.relu(d_ap - d_an + margin)
+  num_active = jnp.sum(per_triplet > 0).astype(jnp.float32)
+  d_ap, d_an = jax.lax.stop_gradient(d_ap), jax.lax.stop_gradient(d_an)
+  rows = jax.lax.stop_gradient(jnp.concatenate([anchors, positives, negatives]))
+  norms = distances.safe_sqrt(jnp.sum(rows * rows, axis=1))
+  metrics = {
+      "num_triplets": jnp.asarray(anchors.shape[0], jnp.float32),
+      "num_active_triplets": num_active,
+      "fraction_active_triplets": jnp.mean(per_triplet > 0).astype(jnp.float32),
+      "mean_positive_distance": jnp.mean(d_ap),
+      "mean_negative_distance": jnp.mean(d_an),
+      "hardest_positive_distance": jnp.max(d_ap),
+      "hardest_negative_distance": jnp.min(d_an),
+      "mean_embedding_norm": jnp.mean(norms),
+  }
+  return jnp.mean(per_triplet), metrics
+
+
+# Mining losses by the names used in configs and on the command line.
+MINING_LOSSES: dict[str, LossFn] = {
+    "batch_all": batch_all_triplet_loss,
+    "batch_hard": batch_hard_triplet_loss,
+    "batch_hard_soft": functools.partial(batch_hard_triplet_loss, soft=True),
+    "semihard": batch_semihard_triplet_loss,
+}
