@@ -10,10 +10,11 @@ Triplet ``(a, p, n)`` is valid when ``a != p``, ``label[a] == label[p]`` and
 ``label[a] != label[n]``, all three rows not padding. Its loss is
 ``max(d(a, p) - d(a, n) + margin, 0)``.
 
-Batch-all and semi-hard never build a ``B x B x B`` tensor: for every anchor
-the distances to its negatives are sorted once, and each positive pair finds
-its negatives by binary search, with prefix sums giving the summed loss. This
-is exact, takes O(B^2 log B) time and O(B^2) memory.
+Batch-all and semi-hard never build a ``B x B x B`` tensor: every anchor's
+row of distances is sorted once (`tripletjax.sorting`), and running counts
+along the sorted row give each positive's active negatives. This is exact,
+takes O(B^2 log B) time and O(B^2) memory, and no gradient passes through the
+sort: it flows through gathers with integer counts as weights.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tripletjax import distances
+from tripletjax import sorting
 
 Metrics = dict[str, jax.Array]
 LossFn = Callable[..., tuple[jax.Array, Metrics]]
@@ -118,26 +121,41 @@ def _batch_metrics(dist, pos, neg, valid, embeddings, num_triplets,
   }
 
 
-def _sorted_negatives(dist: jax.Array, neg: jax.Array):
-  """Per anchor, its negatives' distances in ascending order.
+_SORTS_LAST = np.uint32(0xFFFFFFFF)
+
+
+def _merge_rows(values: jax.Array, queries: jax.Array, negatives: jax.Array,
+                *, queries_first_at_ties: bool, sort_implementation: str):
+  """Sorts each anchor's queries together with its negatives, by value.
 
   Args:
-    dist: pairwise distances, ``[B, B]``.
-    neg: negative-pair mask, ``[B, B]``.
+    values: ``[B, B]`` non-negative floats; entry ``(a, j)`` is the value of
+      row ``j`` for anchor ``a``.
+    queries: ``[B, B]`` bool, the entries sorted as queries.
+    negatives: ``[B, B]`` bool, the entries sorted as negatives (disjoint from
+      `queries`). Entries that are neither sort last.
+    queries_first_at_ties: whether a query sorts before a negative of equal
+      value (else after).
+    sort_implementation: see `sorting.argsort_rows`.
 
   Returns:
-    ``(sorted_dist, num_neg)``: ``[B, B]`` with each row's negatives first in
-    ascending order and ``+inf`` after them; ``[B]`` number of negatives.
+    ``(sorted_values, is_query, is_negative)``, each ``[B, B]`` in every row's
+    ascending order. `sorted_values` is a gather of `values`, so gradients
+    flow back to the unsorted entries.
   """
-  return (jnp.sort(jnp.where(neg, dist, jnp.inf), axis=1),
-          jnp.sum(neg, axis=1))
-
-
-def _searchsorted_rows(sorted_rows: jax.Array, values: jax.Array,
-                       side: str) -> jax.Array:
-  """Row-wise `jnp.searchsorted`: ``[B, N]`` sorted rows, ``[B, M]`` values."""
-  search = functools.partial(jnp.searchsorted, side=side, method="scan")
-  return jax.vmap(search)(sorted_rows, values)
+  # A non-negative float orders like its bit pattern; the freed sign bit
+  # holds the tie-break between a query and a negative of equal value.
+  bits = jax.lax.bitcast_convert_type(
+      jax.lax.stop_gradient(values).astype(jnp.float32), jnp.uint32) << 1
+  query_bit, negative_bit = (0, 1) if queries_first_at_ties else (1, 0)
+  keys = jnp.where(queries, bits | query_bit,
+                   jnp.where(negatives, bits | negative_bit, _SORTS_LAST))
+  order = sorting.argsort_rows(keys, implementation=sort_implementation)
+  sorted_keys = jnp.take_along_axis(keys, order, axis=1)
+  assigned = sorted_keys != _SORTS_LAST
+  is_negative = assigned & ((sorted_keys & 1) == negative_bit)
+  is_query = assigned & ~is_negative
+  return jnp.take_along_axis(values, order, axis=1), is_query, is_negative
 
 
 # --------------------------------------------------------------------------
@@ -149,6 +167,7 @@ def batch_all_triplet_loss(
     *,
     margin: float,
     metric: str = "euclidean",
+    sort_implementation: str = "auto",
 ) -> tuple[jax.Array, Metrics]:
   """Triplet loss over every valid triplet of the batch ("batch-all").
 
@@ -161,6 +180,8 @@ def batch_all_triplet_loss(
     labels: ``[B]`` integer class ids; rows with a label < 0 are padding.
     margin: non-negative margin.
     metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    sort_implementation: how each anchor's distances are sorted; see
+      `tripletjax.sorting.argsort_rows`.
 
   Returns:
     ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
@@ -180,19 +201,27 @@ def batch_all_triplet_loss(
   embeddings, labels = _check_batch(embeddings, labels, margin, metric)
   dist = distances.pairwise_distances(embeddings, metric=metric)
   pos, neg, valid = _pair_masks(labels)
-  sorted_neg, num_neg = _sorted_negatives(dist, neg)
-  finite_neg = jnp.where(jnp.isfinite(sorted_neg), sorted_neg, 0.0)
-  # prefix[a, c] = sum of anchor a's c closest negative distances.
-  prefix = jnp.pad(jnp.cumsum(finite_neg, axis=1), ((0, 0), (1, 0)))
-  # Triplet (a, p, n) is active iff d(a, n) < d(a, p) + margin: the negatives
-  # of a below that threshold are the first `count` of the sorted row.
-  threshold = dist + margin
-  count = jnp.where(pos, _searchsorted_rows(sorted_neg, threshold, "left"), 0)
-  summed = count * threshold - jnp.take_along_axis(prefix, count, axis=1)
-  num_active = jnp.sum(count)
-  total = jnp.sum(jnp.where(pos, summed, 0.0))
+  # Triplet (a, p, n) is active iff d(a, n) < d(a, p) + margin. Sorting each
+  # anchor's thresholds d(a, p) + margin together with its negatives' d(a, n)
+  # (thresholds first at ties), a positive p is in as many active triplets as
+  # there are negatives before its threshold, and a negative n in as many as
+  # there are thresholds after it. The summed loss is
+  #   sum_p count_p * (d(a, p) + margin) - sum_n count_n * d(a, n),
+  # whose gradient takes the integer counts as constants.
+  values, is_threshold, is_negative = _merge_rows(
+      jnp.where(pos, dist + margin, dist), pos, neg,
+      queries_first_at_ties=True, sort_implementation=sort_implementation)
+  negatives_before = jnp.cumsum(is_negative, axis=1, dtype=jnp.int32)
+  thresholds_after = (jnp.sum(pos, axis=1, keepdims=True, dtype=jnp.int32)
+                      - jnp.cumsum(is_threshold, axis=1, dtype=jnp.int32))
+  threshold_counts = jnp.where(is_threshold, negatives_before, 0)
+  negative_counts = jnp.where(is_negative, thresholds_after, 0)
+  total = jnp.sum((threshold_counts - negative_counts) * values)
+  # Per-anchor sums stay exact in int32; their total may exceed it.
+  num_active = jnp.sum(jnp.sum(threshold_counts, axis=1).astype(jnp.float32))
   loss = _safe_divide(total, num_active)
-  num_triplets = jnp.sum(jnp.sum(pos, axis=1) * num_neg)
+  num_triplets = jnp.sum(
+      (jnp.sum(pos, axis=1) * jnp.sum(neg, axis=1)).astype(jnp.float32))
   return loss, _batch_metrics(dist, pos, neg, valid, embeddings, num_triplets,
                               num_active)
 
@@ -259,6 +288,7 @@ def batch_semihard_triplet_loss(
     *,
     margin: float,
     metric: str = "euclidean",
+    sort_implementation: str = "auto",
 ) -> tuple[jax.Array, Metrics]:
   """FaceNet's semi-hard triplet loss, as tensorflow-addons defines it.
 
@@ -272,6 +302,8 @@ def batch_semihard_triplet_loss(
     labels: ``[B]`` integer class ids; rows with a label < 0 are padding.
     margin: non-negative margin.
     metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    sort_implementation: how each anchor's distances are sorted; see
+      `tripletjax.sorting.argsort_rows`.
 
   Returns:
     ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
@@ -291,15 +323,22 @@ def batch_semihard_triplet_loss(
   embeddings, labels = _check_batch(embeddings, labels, margin, metric)
   dist = distances.pairwise_distances(embeddings, metric=metric)
   pos, neg, valid = _pair_masks(labels)
-  sorted_neg, num_neg = _sorted_negatives(dist, neg)
-  # Index of the first negative strictly farther than the positive.
-  first_outside = _searchsorted_rows(sorted_neg, dist, "right")
-  farthest = jnp.maximum(num_neg - 1, 0)[:, None]
-  index = jnp.where(first_outside < num_neg[:, None], first_outside, farthest)
-  finite_neg = jnp.where(jnp.isfinite(sorted_neg), sorted_neg, 0.0)
-  negative = jnp.take_along_axis(finite_neg, index, axis=1)
-  pairs = pos & (num_neg > 0)[:, None]
-  per_pair = jax.nn.relu(dist - negative + margin)
+  # Each anchor's positives sorted among its negatives (negatives first at
+  # ties): a positive's negative is the next negative after it in the row,
+  # or the row's last negative where none follows.
+  values, is_positive, is_negative = _merge_rows(
+      dist, pos, neg, queries_first_at_ties=False,
+      sort_implementation=sort_implementation)
+  size = values.shape[1]
+  position = jax.lax.broadcasted_iota(jnp.int32, values.shape, 1)
+  next_negative = jax.lax.cummin(jnp.where(is_negative, position, size),
+                                 axis=1, reverse=True)
+  last_negative = jnp.max(jnp.where(is_negative, position, -1), axis=1,
+                          keepdims=True)
+  chosen = jnp.where(next_negative < size, next_negative, last_negative)
+  negative = jnp.take_along_axis(values, jnp.maximum(chosen, 0), axis=1)
+  pairs = is_positive & (last_negative >= 0)
+  per_pair = jax.nn.relu(values - negative + margin)
   num_pairs = jnp.sum(pairs)
   loss = _safe_divide(jnp.sum(jnp.where(pairs, per_pair, 0.0)), num_pairs)
   num_active = jnp.sum(pairs & (per_pair > 0))

@@ -1,0 +1,71 @@
+"""A stable row-wise argsort of unsigned 32-bit keys, fast on every backend.
+
+Mining sorts every anchor's distances: B rows of B keys. On GPUs and TPUs
+`lax.sort` does this well. XLA's CPU sort calls a comparator per comparison
+and takes 0.7 s (2.3 s with a payload operand) for 4096 rows of 4096 keys on
+a 2-core AVX-512 machine, where NumPy's vectorised sort takes 0.05 s. On the
+CPU backend the sort therefore runs in NumPy through `jax.pure_callback`;
+both paths return the same permutation (ties broken by position), so results
+do not depend on the backend.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+
+IMPLEMENTATIONS = ("auto", "numpy", "xla")
+
+
+def _argsort_numpy(keys: np.ndarray) -> np.ndarray:
+  """Stable argsort of the last axis: sorts (key << 32 | position) in place."""
+  keys = np.asarray(keys)
+  packed = np.empty(keys.shape, np.uint64)
+  words = packed.view(np.uint32).reshape(*keys.shape, 2)  # Little-endian.
+  words[..., 0] = np.arange(keys.shape[-1], dtype=np.uint32)
+  words[..., 1] = keys
+  packed.sort(axis=-1)
+  return np.ascontiguousarray(words[..., 0]).view(np.int32)
+
+
+def _argsort_callback(keys: jax.Array) -> jax.Array:
+  return jax.pure_callback(
+      _argsort_numpy, jax.ShapeDtypeStruct(keys.shape, jnp.int32), keys,
+      vmap_method="expand_dims")
+
+
+def _argsort_xla(keys: jax.Array) -> jax.Array:
+  positions = lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
+  return lax.sort((keys, positions), dimension=keys.ndim - 1, is_stable=True,
+                  num_keys=1)[1]
+
+
+def argsort_rows(keys: jax.Array, *, implementation: str = "auto") -> jax.Array:
+  """Stable argsort along the last axis.
+
+  Not differentiable: callers gather with the permutation instead.
+
+  Args:
+    keys: ``uint32`` array of shape ``[..., N]``.
+    implementation: ``"auto"`` (NumPy on the CPU backend, `lax.sort`
+      elsewhere), ``"numpy"`` or ``"xla"``.
+
+  Returns:
+    ``int32`` array of shape ``[..., N]``: for each row, the positions of its
+    keys in ascending order, equal keys in order of position.
+  """
+  if keys.dtype != jnp.uint32:
+    raise ValueError(f"keys must be uint32, got dtype {keys.dtype}.")
+  keys = lax.stop_gradient(keys)
+  if implementation == "numpy":
+    return _argsort_callback(keys)
+  if implementation == "xla":
+    return _argsort_xla(keys)
+  if implementation == "auto":
+    return lax.platform_dependent(keys, cpu=_argsort_callback,
+                                  default=_argsort_xla)
+  raise ValueError(
+      f"implementation must be one of {IMPLEMENTATIONS}, got "
+      f"{implementation!r}.")
