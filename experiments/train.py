@@ -1,0 +1,36 @@
+r"""The main job: trains an embedding network with a triplet loss.
+
+With no flags it trains the default CNN with batch-all mining on MNIST and
+prints its 1-NN test accuracy (test images queried against train images).
+
+  python -m experiments.train
+  python -m experiments.train --dataset=fashion_mnist --loss=batch_hard \
+      --margin=0.2 --steps=3000 --workdir=runs/fashion
+"""
+
+from absl import flags
+from absl import logging
+
+from experiments import common
+from tripletjax import config as config_lib
+from tripletjax import train
+
+common.define_config_flags()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  config = config_lib.validate(common.config_from_flags())
+  workdir = common.WORKDIR.value or common.default_workdir(config)
+  logging.info("Workdir: %s", workdir)
+  results = train.train_and_evaluate(config, workdir)
+  print(f"1-NN test accuracy: {results['test_1nn_accuracy']:.4f} "
+        f"after {results['steps']} steps "
+        f"({results['wall_seconds_this_run']:.0f} s this run; "
+        f"workdir {workdir})")
+
+
+if __name__ == "__main__":
+  flags.FLAGS.alsologtostderr = True
+  common.run(main)

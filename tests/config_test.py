@@ -1,0 +1,52 @@
+"""Every bad setting is refused with a message naming it."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from tripletjax import config as config_lib
+
+
+class ValidateTest(parameterized.TestCase):
+
+  def test_defaults_are_valid(self):
+    config_lib.validate(config_lib.Config())
+
+  @parameterized.parameters(
+      ("loss", "hardest", "loss"),
+      ("metric", "l1", "metric"),
+      ("model", "resnet", "model"),
+      ("classes_per_batch", 1, "classes_per_batch"),
+      ("examples_per_class", 1, r"examples_per_class \(K\)"),
+      ("margin", 0.0, "margin"),
+      ("margin", -1.0, "margin"),
+      ("learning_rate", 0.0, "learning_rate"),
+      ("steps", 0, "steps"),
+      ("warmup_steps", 5000, "warmup_steps"),
+      ("embedding_dim", 0, "embedding_dim"),
+      ("widths", (), "widths"),
+      ("augment_shift", -1, "augment_shift"),
+      ("eval_every", -1, "eval_every"),
+      ("manual_dir", "/nonexistent/dir", "manual_dir"),
+  )
+  def test_bad_value_is_named(self, name, value, pattern):
+    with self.assertRaisesRegex(ValueError, pattern):
+      config_lib.validate(config_lib.Config().replace(**{name: value}))
+
+  def test_soft_margin_may_be_zero(self):
+    config_lib.validate(config_lib.Config(loss="batch_hard_soft", margin=0.0))
+
+  def test_round_trip_and_unknown_keys(self):
+    config = config_lib.Config(widths=(8, 16), loss="semihard")
+    self.assertEqual(config_lib.Config.from_dict(config.to_dict()), config)
+    with self.assertRaisesRegex(ValueError, "bogus"):
+      config_lib.Config.from_dict({"bogus": 1})
+
+  def test_batch_size(self):
+    self.assertEqual(config_lib.Config(classes_per_batch=3,
+                                       examples_per_class=4).batch_size, 12)
+    self.assertEqual(config_lib.Config(loss="random_triplets",
+                                       triplets_per_batch=5).batch_size, 15)
+
+
+if __name__ == "__main__":
+  absltest.main()

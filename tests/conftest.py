@@ -1,0 +1,32 @@
+"""Shared fixtures: the offline dataset files and a prepared-data cache.
+
+The original MNIST files are read from $TRIPLETJAX_MANUAL_DIR, else from
+../shared/datasets beside the repository. Prepared data is cached in .tfds/
+in the repository, prepared once under a file lock (tests run in parallel).
+"""
+
+import fcntl
+import os
+import pathlib
+
+import pytest
+
+from tripletjax import data
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MANUAL_DIR = os.environ.get(data.MANUAL_DIR_ENV) or str(
+    REPO.parent / "shared" / "datasets")
+DATA_DIR = str(REPO / ".tfds")
+
+
+@pytest.fixture(scope="session")
+def dataset_dirs():
+  """``dict(data_dir=..., manual_dir=...)`` with MNIST prepared."""
+  if not os.path.isdir(os.path.join(MANUAL_DIR, "mnist")):
+    pytest.fail(f"The offline MNIST files are missing from {MANUAL_DIR}; set "
+                f"${data.MANUAL_DIR_ENV}.")
+  os.makedirs(DATA_DIR, exist_ok=True)
+  with open(os.path.join(DATA_DIR, ".lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    data.prepare("mnist", data_dir=DATA_DIR, manual_dir=MANUAL_DIR)
+  return {"data_dir": DATA_DIR, "manual_dir": MANUAL_DIR}

@@ -1,0 +1,48 @@
+"""Loading real MNIST offline, and the errors of a bad manual directory."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tripletjax import data
+
+
+def test_loads_mnist_slice(dataset_dirs):
+  split = data.load("mnist", "test[:300]", **dataset_dirs)
+  assert split.images.shape == (300, 28, 28, 1)
+  assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
+  assert split.num_classes == 10
+  assert set(np.unique(split.labels)) <= set(range(10))
+  normalized = np.asarray(data.normalize(split.images[:5]))
+  assert normalized.dtype == np.float32
+  assert 0.0 <= normalized.min() and normalized.max() <= 1.0
+
+
+def test_manual_dir_with_a_folder_per_dataset(tmp_path):
+  (tmp_path / "mnist").mkdir()
+  assert data.resolve_manual_dir("mnist", str(tmp_path)) == str(
+      tmp_path / "mnist")
+  assert data.resolve_manual_dir("fashion_mnist", str(tmp_path)) == str(
+      tmp_path)
+
+
+def test_missing_file_is_named_with_where_it_was_looked_for(
+    dataset_dirs, tmp_path):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  source = os.path.join(dataset_dirs["manual_dir"], "mnist")
+  for name in os.listdir(source):
+    if name != "t10k-labels-idx1-ubyte.gz":
+      os.symlink(os.path.join(source, name), manual / name)
+  with pytest.raises(FileNotFoundError,
+                     match=f"t10k-labels-idx1-ubyte.gz.*{manual}"):
+    data.load("mnist", "train", data_dir=str(tmp_path / "tfds"),
+              manual_dir=str(manual))
+
+
+def test_unknown_dataset_and_split(dataset_dirs):
+  with pytest.raises(ValueError, match="no_such_dataset"):
+    data.load("no_such_dataset", "train", **dataset_dirs)
+  with pytest.raises(ValueError, match="no split 'validation'"):
+    data.load("mnist", "validation", **dataset_dirs)

@@ -1,0 +1,63 @@
+"""Blockwise exact nearest neighbours against brute force."""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+
+from tests import reference
+from tripletjax import evaluation
+
+
+class NearestNeighborsTest(parameterized.TestCase):
+
+  @parameterized.product(metric=("euclidean", "cosine"),
+                         blocks=((7, 5), (64, 1000)))
+  def test_matches_brute_force(self, metric, blocks):
+    rng = np.random.default_rng(0)
+    queries = rng.normal(size=(23, 4)).astype(np.float32)
+    refs = rng.normal(size=(31, 4)).astype(np.float32)
+    dist, index = evaluation.nearest_neighbors(
+        queries, refs, k=4, metric=metric, query_block=blocks[0],
+        reference_block=blocks[1])
+    full = reference.pairwise_distances(np.concatenate([queries, refs]),
+                                        metric)[:23, 23:]
+    want = np.argsort(full, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(index, want)
+    np.testing.assert_allclose(dist, np.take_along_axis(full, want, 1),
+                               rtol=1e-5, atol=1e-5)
+
+  def test_leave_one_out_and_ties(self):
+    # Duplicated points: each one's nearest is its twin, never itself.
+    points = np.array([[0.0], [0.0], [5.0], [5.0], [9.0]], np.float32)
+    _, index = evaluation.nearest_neighbors(points, points, k=1,
+                                            exclude_self=True,
+                                            reference_block=2, query_block=3)
+    np.testing.assert_array_equal(index[:, 0], [1, 0, 3, 2, 2])
+    # Without it, a tie between equal references goes to the lower index.
+    _, index = evaluation.nearest_neighbors(points, points, k=2)
+    np.testing.assert_array_equal(index[:4], [[0, 1], [0, 1], [2, 3], [2, 3]])
+
+  def test_one_nn_accuracy(self):
+    refs = np.array([[0.0], [10.0]], np.float32)
+    queries = np.array([[1.0], [9.0], [4.0]], np.float32)
+    self.assertAlmostEqual(evaluation.one_nn_accuracy(
+        queries, [0, 1, 1], refs, [0, 1], metric="euclidean"), 2 / 3)
+
+  def test_embed_pads_the_last_batch(self):
+    calls = []
+    def embed_fn(images):
+      calls.append(images.shape[0])
+      return images.reshape(images.shape[0], -1).astype(np.float32)
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    out = evaluation.embed(embed_fn, images, batch_size=4)
+    np.testing.assert_array_equal(out[:, 0], np.arange(10))
+    self.assertEqual(calls, [4, 4, 4])
+
+  def test_bad_k(self):
+    x = np.zeros((3, 2), np.float32)
+    with self.assertRaisesRegex(ValueError, "k must be"):
+      evaluation.nearest_neighbors(x, x, k=3, exclude_self=True)
+
+
+if __name__ == "__main__":
+  absltest.main()

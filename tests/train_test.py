@@ -1,0 +1,117 @@
+"""End-to-end training on a slice of real MNIST with a tiny CNN."""
+
+import json
+import os
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tripletjax import checkpointing
+from tripletjax import config as config_lib
+from tripletjax import models
+from tripletjax import train
+
+
+def tiny_config(dataset_dirs, **changes):
+  return config_lib.Config(
+      train_split="train[:2000]", test_split="test[:500]", widths=(4,),
+      hidden_dim=16, embedding_dim=8, classes_per_batch=5,
+      examples_per_class=4, triplets_per_batch=8, steps=12, warmup_steps=2,
+      eval_every=0, checkpoint_every=4, eval_batch_size=256,
+      log_every_seconds=1000.0, **dataset_dirs).replace(**changes)
+
+
+def saved_params(config, workdir):
+  """The parameters of the latest checkpoint in `workdir`."""
+  model = models.create(config.model, image_shape=(28, 28, 1), seed=0,
+                        widths=config.widths, hidden_dim=config.hidden_dim,
+                        embedding_dim=config.embedding_dim)
+  _, params = nnx.split(model)
+  tx = train.make_optimizer(config)
+  like = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params))
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), every=0, keep=3)
+  state = checkpointer.restore(checkpointer.latest_step(), like)
+  checkpointer.close()
+  return state
+
+
+def test_train_and_evaluate_writes_results(dataset_dirs, tmp_path):
+  config = tiny_config(dataset_dirs, eval_every=6)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["steps"] == 12
+  assert 0.1 < results["test_1nn_accuracy"] <= 1.0
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["test_1nn_accuracy"] == results["test_1nn_accuracy"]
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [l["step"] for l in lines if "loss" in l] == list(range(1, 13))
+  assert [l["step"] for l in lines if "test_1nn_accuracy" in l] == [6, 12]
+  assert set(config_lib.Config.__dataclass_fields__) == set(
+      json.load(open(tmp_path / "config.json")))
+  assert os.listdir(tmp_path / "tensorboard")
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "4", "8"]
+
+
+def test_resume_equals_uninterrupted_run(dataset_dirs, tmp_path):
+  config = tiny_config(dataset_dirs)
+  straight = tmp_path / "straight"
+  train.train_and_evaluate(config, str(straight))
+  resumed = tmp_path / "resumed"
+  stopped = train.train_and_evaluate(config, str(resumed),
+                                     should_stop=lambda step: step >= 6)
+  assert stopped == {"interrupted": True, "steps": 6}
+  results = train.train_and_evaluate(config, str(resumed))
+  assert results["steps_this_run"] == 6
+  want, got = saved_params(config, straight), saved_params(config, resumed)
+  assert int(got.step) == 12
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_workdir_with_other_config_is_refused(dataset_dirs, tmp_path):
+  config = tiny_config(dataset_dirs, steps=2, warmup_steps=0,
+                       checkpoint_every=0)
+  train.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match=r"margin: 0\.2 -> 0\.5"):
+    train.train_and_evaluate(config.replace(margin=0.5), str(tmp_path))
+
+
+@pytest.mark.parametrize("loss", config_lib.LOSS_NAMES)
+def test_each_loss_lowers_its_loss(dataset_dirs, loss):
+  """A few steps on one fixed batch must lower every loss."""
+  from tripletjax import data, sampling  # pylint: disable=g-import-not-at-top
+  config = tiny_config(dataset_dirs, loss=loss, augment_shift=0,
+                       learning_rate=3e-3, warmup_steps=0, steps=100,
+                       margin=0.5)
+  split = data.load("mnist", "train[:500]", **dataset_dirs)
+  sampler = train._sampler(config, split.labels)
+  indices = sampler(0)
+  images, labels = split.images[indices], split.labels[indices]
+  model = models.create("cnn", image_shape=(28, 28, 1), seed=0, widths=(4,),
+                        hidden_dim=16, embedding_dim=8)
+  graphdef, params = nnx.split(model)
+  tx = train.make_optimizer(config)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=tx.init(params))
+  step = jax.jit(lambda s: train.train_step(s, images, labels,
+                                            graphdef=graphdef, tx=tx,
+                                            config=config))
+  first = None
+  for _ in range(15):
+    state, metrics = step(state)
+    first = float(metrics["loss"]) if first is None else first
+  assert float(metrics["loss"]) < 0.7 * first, (first, metrics["loss"])
+  del sampling
+
+
+def test_random_shift_moves_pixels_within_bounds():
+  images = jnp.zeros((64, 5, 5, 1)).at[:, 2, 2, 0].set(1.0)
+  shifted = train.random_shift(images, jax.random.key(0), 2)
+  assert shifted.shape == images.shape
+  np.testing.assert_array_equal(shifted.sum(axis=(1, 2, 3)), 1.0)
+  rows, cols = np.nonzero(np.asarray(shifted[..., 0]).sum(0))
+  assert set(rows) == set(range(5)) and set(cols) == set(range(5))

@@ -1,0 +1,170 @@
+"""Image-classification datasets from tensorflow-datasets, held in host memory.
+
+Any TFDS dataset with an image and an integer label works (``mnist``,
+``fashion_mnist``, ...). Images stay ``uint8`` on the host; `normalize` turns
+them into floats on the device, inside the compiled step.
+
+Offline use: tensorflow-datasets takes the original download files from a
+*manual directory* instead of the network. `manual_dir` may be that directory
+itself or a directory with one sub-directory per dataset name (``mnist/``,
+``fashion_mnist/``), so one setting serves every dataset. The environment
+variable ``TRIPLETJAX_MANUAL_DIR`` supplies the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MANUAL_DIR_ENV = "TRIPLETJAX_MANUAL_DIR"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split of a dataset in host memory.
+
+  Attributes:
+    images: ``uint8 [N, H, W, C]``.
+    labels: ``int32 [N]``, class ids in ``[0, num_classes)``.
+    num_classes: number of classes of the dataset (not only of this split).
+  """
+  images: np.ndarray
+  labels: np.ndarray
+  num_classes: int
+
+  def __post_init__(self):
+    if self.images.ndim != 4 or self.images.shape[0] != self.labels.shape[0]:
+      raise ValueError(
+          f"images must be [N, H, W, C] and labels [N], got "
+          f"{self.images.shape} and {self.labels.shape}.")
+
+  def __len__(self) -> int:
+    return self.labels.shape[0]
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+  def take(self, indices: np.ndarray) -> Split:
+    """The examples at `indices`, in that order."""
+    return Split(self.images[indices], self.labels[indices], self.num_classes)
+
+
+def resolve_manual_dir(name: str, manual_dir: str | None) -> str | None:
+  """The manual directory for dataset `name`: ``<dir>/<name>`` if it exists."""
+  manual_dir = manual_dir or os.environ.get(MANUAL_DIR_ENV) or None
+  if manual_dir is None:
+    return None
+  manual_dir = os.path.expanduser(manual_dir)
+  per_dataset = os.path.join(manual_dir, name.split(":")[0].split("/")[0])
+  return per_dataset if os.path.isdir(per_dataset) else manual_dir
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+  """TensorFlow only reads files here; it must not take GPU memory from JAX."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+
+
+def _builder(name: str, data_dir: str | None):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several types for unknown names.
+    raise ValueError(f"Unknown tensorflow-datasets dataset {name!r}: {e}") \
+        from None
+
+
+def prepare(name: str, *, data_dir: str | None = None,
+            manual_dir: str | None = None):
+  """Downloads (or takes from `manual_dir`) and prepares dataset `name`.
+
+  Returns:
+    The prepared `tfds.core.DatasetBuilder`.
+
+  Raises:
+    FileNotFoundError: `manual_dir` lacks a file the dataset needs; the
+      message lists the files and where they were looked for.
+    RuntimeError: the download failed (typically: no network and no
+      manual directory).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _hide_accelerators_from_tensorflow()
+  builder = _builder(name, data_dir)
+  if builder.is_prepared():
+    return builder
+  manual_dir = resolve_manual_dir(name, manual_dir)
+  if manual_dir is not None:
+    wanted = sorted({info.filename or os.path.basename(url)
+                     for url, info in (builder.url_infos or {}).items()})
+    missing = [f for f in wanted
+               if not os.path.exists(os.path.join(manual_dir, f))]
+    if missing:
+      raise FileNotFoundError(
+          f"Dataset {name!r} needs {', '.join(missing)} in the manual "
+          f"directory {os.path.abspath(manual_dir)}, which lacks them. Put the "
+          "original download files there, or unset the manual directory to "
+          "download them.")
+  logging.info("Preparing %s in %s (manual directory: %s).", name,
+               builder.data_dir, manual_dir)
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except Exception as e:  # Network errors come in many types.
+    raise RuntimeError(
+        f"Could not download or prepare dataset {name!r} ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}). Offline, pass a manual "
+        f"directory holding its original download files (--manual_dir or "
+        f"${MANUAL_DIR_ENV}).") from e
+  return builder
+
+
+def load(name: str, split: str, *, data_dir: str | None = None,
+         manual_dir: str | None = None, image_key: str = "image",
+         label_key: str = "label") -> Split:
+  """Loads a whole split into host memory, preparing the dataset if needed.
+
+  Args:
+    name: tensorflow-datasets name, e.g. ``"mnist"``.
+    split: split name or slice, e.g. ``"train"`` or ``"train[:1000]"``.
+    data_dir: where tensorflow-datasets keeps prepared data (its default
+      when ``None``).
+    manual_dir: original download files, for offline use (see module doc).
+    image_key: feature holding the image.
+    label_key: feature holding the integer class label.
+
+  Returns:
+    The split as a `Split`.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
+  features = builder.info.features
+  for key in (image_key, label_key):
+    if key not in features:
+      raise ValueError(
+          f"Dataset {name!r} has no feature {key!r}; it has "
+          f"{', '.join(features.keys())}.")
+  try:
+    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  except Exception as e:  # Unknown splits raise several types.
+    raise ValueError(
+        f"Dataset {name!r} has no split {split!r}; it has "
+        f"{', '.join(builder.info.splits.keys())}.") from e
+  images = np.asarray(arrays[image_key])
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.dtype != np.uint8:
+    raise ValueError(f"Dataset {name!r}: expected uint8 images, got "
+                     f"{images.dtype}.")
+  return Split(images=images, labels=np.asarray(arrays[label_key], np.int32),
+               num_classes=features[label_key].num_classes)
+
+
+def normalize(images: jax.Array) -> jax.Array:
+  """``uint8`` images to ``float32`` in ``[0, 1]``, on the device."""
+  return images.astype(jnp.float32) / 255.0

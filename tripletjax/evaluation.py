@@ -1,0 +1,129 @@
+"""Embedding whole splits and exact nearest-neighbour evaluation.
+
+Nearest neighbours are computed blockwise: each block of queries scans the
+references block by block with a running top-k, so memory does not grow with
+the number of references.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tripletjax import distances
+
+
+def embed(embed_fn: Callable[[jax.Array], jax.Array], images: np.ndarray, *,
+          batch_size: int) -> np.ndarray:
+  """Embeds `images` in batches of `batch_size` (the last one padded).
+
+  Args:
+    embed_fn: jitted function, ``uint8 [b, H, W, C] -> float [b, D]``.
+    images: ``uint8 [N, H, W, C]``.
+    batch_size: images per call; every call has this size, so `embed_fn`
+      compiles once.
+
+  Returns:
+    ``float32 [N, D]``.
+  """
+  n = images.shape[0]
+  out = []
+  for start in range(0, n, batch_size):
+    chunk = images[start:start + batch_size]
+    pad = batch_size - chunk.shape[0]
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]),
+                                              chunk.dtype)])
+    out.append(embed_fn(chunk)[:batch_size - pad])
+  return np.asarray(jnp.concatenate(out)) if out else np.zeros((0, 0))
+
+
+def _pad_rows(x: jax.Array, multiple: int) -> jax.Array:
+  pad = -x.shape[0] % multiple
+  return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "k", "metric", "exclude_self", "query_block", "reference_block"))
+def nearest_neighbors(
+    queries: jax.Array,
+    references: jax.Array,
+    *,
+    k: int,
+    metric: str = "euclidean",
+    exclude_self: bool = False,
+    query_block: int = 1024,
+    reference_block: int = 8192,
+) -> tuple[jax.Array, jax.Array]:
+  """Exact k nearest references of every query.
+
+  Args:
+    queries: ``[Q, D]``.
+    references: ``[R, D]``, ``R >= k`` (``R > k`` with `exclude_self`).
+    k: number of neighbours.
+    metric: see `tripletjax.distances`.
+    exclude_self: queries are the references themselves (leave-one-out):
+      query ``i`` never has reference ``i`` as a neighbour.
+    query_block: queries per block.
+    reference_block: references per block; memory is
+      ``O(query_block * (reference_block + k))``.
+
+  Returns:
+    ``(distances, indices)``, each ``[Q, k]``, nearest first; ties go to the
+    lower reference index.
+  """
+  num_q, num_r = queries.shape[0], references.shape[0]
+  if k < 1 or k > num_r - int(exclude_self):
+    raise ValueError(f"k must be in [1, {num_r - int(exclude_self)}], got {k}.")
+  if exclude_self and num_q != num_r:
+    raise ValueError("exclude_self needs queries and references to be the "
+                     f"same set, got {num_q} and {num_r} rows.")
+  query_block = min(query_block, num_q)
+  reference_block = min(reference_block, num_r)
+  q_blocks = _pad_rows(queries, query_block).reshape(
+      -1, query_block, queries.shape[1])
+  r_blocks = _pad_rows(references, reference_block).reshape(
+      -1, reference_block, references.shape[1])
+  r_offsets = jnp.arange(r_blocks.shape[0]) * reference_block
+
+  def search(args):
+    q, q_offset = args
+    q_index = q_offset + jnp.arange(query_block)
+
+    def scan_references(best, block):
+      best_d, best_i = best
+      r, r_offset = block
+      r_index = r_offset + jnp.arange(reference_block)
+      d = distances.pairwise_distances(q, r, metric=metric)
+      invalid = (r_index >= num_r)[None, :]
+      if exclude_self:
+        invalid = invalid | (q_index[:, None] == r_index[None, :])
+      d = jnp.where(invalid, jnp.inf, d)
+      cand_d = jnp.concatenate([best_d, d], axis=1)
+      cand_i = jnp.concatenate(
+          [best_i, jnp.broadcast_to(r_index, d.shape)], axis=1)
+      neg_d, pos = jax.lax.top_k(-cand_d, k)
+      return (-neg_d, jnp.take_along_axis(cand_i, pos, axis=1)), None
+
+    init = (jnp.full((query_block, k), jnp.inf),
+            jnp.zeros((query_block, k), jnp.int32))
+    best, _ = jax.lax.scan(scan_references, init, (r_blocks, r_offsets))
+    return best
+
+  q_offsets = jnp.arange(q_blocks.shape[0]) * query_block
+  best_d, best_i = jax.lax.map(search, (q_blocks, q_offsets))
+  return best_d.reshape(-1, k)[:num_q], best_i.reshape(-1, k)[:num_q]
+
+
+def one_nn_accuracy(query_embeddings, query_labels, reference_embeddings,
+                    reference_labels, *, metric: str) -> float:
+  """Fraction of queries whose nearest reference has the query's label."""
+  _, index = nearest_neighbors(jnp.asarray(query_embeddings),
+                               jnp.asarray(reference_embeddings), k=1,
+                               metric=metric)
+  predicted = np.asarray(reference_labels)[np.asarray(index[:, 0])]
+  return float(np.mean(predicted == np.asarray(query_labels)))

@@ -1,0 +1,100 @@
+"""Embedding networks (Flax NNX), chosen by name.
+
+Each maps a batch of images ``[B, H, W, C]`` (float, already normalised) to
+embeddings ``[B, embedding_dim]``, L2-normalised unless told otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """Rows scaled to unit norm; a zero row stays zero, with finite gradients."""
+  sq_norm = jnp.sum(x * x, axis=-1, keepdims=True)
+  nonzero = sq_norm > 0
+  return jnp.where(nonzero, x * jax.lax.rsqrt(jnp.where(nonzero, sq_norm, 1.0)),
+                   0.0)
+
+
+class CNN(nnx.Module):
+  """3x3 convolutions with ReLU and 2x2 max-pooling, then two dense layers.
+
+  With the defaults this is the reference network of the benchmarks:
+  conv 32 -> pool -> conv 64 -> pool -> dense 256 -> dense 64.
+  """
+
+  def __init__(self, *, in_channels: int, image_size: tuple[int, int],
+               widths: Sequence[int] = (32, 64), hidden_dim: int = 256,
+               embedding_dim: int = 64, normalize: bool = True,
+               rngs: nnx.Rngs):
+    channels = (in_channels, *widths)
+    self.convs = nnx.List([
+        nnx.Conv(c_in, c_out, kernel_size=(3, 3), padding="SAME", rngs=rngs)
+        for c_in, c_out in zip(channels[:-1], channels[1:])])
+    height, width = image_size
+    for _ in widths:
+      height, width = height // 2, width // 2
+    if height < 1 or width < 1:
+      raise ValueError(
+          f"{len(widths)} pooling stages reduce images of size {image_size} "
+          "to nothing; use fewer widths.")
+    self.hidden = nnx.Linear(height * width * widths[-1], hidden_dim,
+                             rngs=rngs)
+    self.out = nnx.Linear(hidden_dim, embedding_dim, rngs=rngs)
+    self.normalize = normalize
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for conv in self.convs:
+      x = nnx.max_pool(nnx.relu(conv(x)), window_shape=(2, 2), strides=(2, 2))
+    x = nnx.relu(self.hidden(x.reshape(x.shape[0], -1)))
+    x = self.out(x)
+    return l2_normalize(x) if self.normalize else x
+
+
+class MLP(nnx.Module):
+  """Flattened pixels -> tanh hidden layers -> linear embedding."""
+
+  def __init__(self, *, in_channels: int, image_size: tuple[int, int],
+               widths: Sequence[int] = (256,), embedding_dim: int = 64,
+               normalize: bool = True, rngs: nnx.Rngs, **unused):
+    del unused  # CNN-only settings (hidden_dim).
+    sizes = (image_size[0] * image_size[1] * in_channels, *widths)
+    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs)
+                            for a, b in zip(sizes[:-1], sizes[1:])])
+    self.out = nnx.Linear(sizes[-1], embedding_dim, rngs=rngs)
+    self.normalize = normalize
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.reshape(x.shape[0], -1)
+    for layer in self.layers:
+      x = jnp.tanh(layer(x))
+    x = self.out(x)
+    return l2_normalize(x) if self.normalize else x
+
+
+MODELS = {"cnn": CNN, "mlp": MLP}
+
+
+def create(name: str, *, image_shape: tuple[int, int, int], seed: int,
+           **settings) -> nnx.Module:
+  """Builds the model `name` for images of `image_shape` ``(H, W, C)``.
+
+  Args:
+    name: a key of `MODELS`.
+    image_shape: ``(height, width, channels)`` of the input images.
+    seed: seed of the parameter initialisation.
+    **settings: the model's keyword arguments (widths, embedding_dim, ...).
+
+  Returns:
+    The initialised module.
+  """
+  if name not in MODELS:
+    raise ValueError(f"model must be one of {tuple(MODELS)}, got {name!r}.")
+  height, width, channels = image_shape
+  return MODELS[name](in_channels=channels, image_size=(height, width),
+                      rngs=nnx.Rngs(seed), **settings)

@@ -1,0 +1,135 @@
+"""Batches of example indices, deterministic from (seed, step, process).
+
+A batch depends on nothing but its seed, step and process index, never on
+the batches before it: a run resumed at step N sees exactly the batches an
+uninterrupted run sees, without saving any sampler state.
+"""
+
+from __future__ import annotations
+
+from absl import logging
+import numpy as np
+
+
+def _rng(seed: int, step: int, process_index: int) -> np.random.Generator:
+  return np.random.default_rng((seed, step, process_index))
+
+
+class _ClassIndex:
+  """Example indices grouped by class: ``members[offsets[c]:offsets[c + 1]]``."""
+
+  def __init__(self, labels: np.ndarray):
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+      raise ValueError(
+          f"labels must be a 1-D integer array, got {labels.dtype} "
+          f"{labels.shape}.")
+    if labels.size and labels.min() < 0:
+      raise ValueError("labels must be >= 0.")
+    self.members = np.argsort(labels, kind="stable")
+    self.counts = np.bincount(labels)
+    self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
+
+
+class PKSampler:
+  """Balanced batches: P classes, K examples of each, without repeats.
+
+  Classes with fewer than K examples are left out of the draw (logged once);
+  fewer than P classes with K examples is an error.
+  """
+
+  def __init__(self, labels: np.ndarray, *, classes_per_batch: int,
+               examples_per_class: int, seed: int, process_index: int = 0,
+               dataset_name: str = "the dataset"):
+    """Args:
+      labels: ``[N]`` class ids of the examples to draw from.
+      classes_per_batch: P.
+      examples_per_class: K.
+      seed: base seed of every draw.
+      process_index: makes the draws of each process of a multi-host run
+        different.
+      dataset_name: used in error messages.
+    """
+    self._index = _ClassIndex(labels)
+    self.p, self.k = classes_per_batch, examples_per_class
+    self.seed, self.process_index = seed, process_index
+    self.eligible = np.flatnonzero(self._index.counts >= self.k)
+    present = int(np.count_nonzero(self._index.counts))
+    if len(self.eligible) < self.p:
+      raise ValueError(
+          f"P x K sampling needs classes_per_batch (P) = {self.p} classes with "
+          f"at least examples_per_class (K) = {self.k} examples each; "
+          f"{dataset_name} has {present} classes, {len(self.eligible)} of them "
+          f"with at least {self.k} examples. Lower P or K.")
+    if len(self.eligible) < present:
+      logging.warning(
+          "%d of %d classes of %s have fewer than K = %d examples and are "
+          "never drawn.", present - len(self.eligible), present, dataset_name,
+          self.k)
+
+  @property
+  def batch_size(self) -> int:
+    return self.p * self.k
+
+  def __call__(self, step: int) -> np.ndarray:
+    """Indices of batch `step`: ``int64 [P * K]``, class by class."""
+    rng = _rng(self.seed, step, self.process_index)
+    classes = rng.choice(self.eligible, size=self.p, replace=False)
+    index = self._index
+    # K distinct members per class: the K smallest of random keys.
+    counts = index.counts[classes]
+    keys = rng.random((self.p, counts.max()))
+    keys[np.arange(counts.max())[None, :] >= counts[:, None]] = np.inf
+    picks = np.argpartition(keys, self.k - 1, axis=1)[:, :self.k]
+    return index.members[index.offsets[classes][:, None] + picks].reshape(-1)
+
+
+class TripletSampler:
+  """Random triplets: anchor and negative drawn uniformly, positive from the
+  anchor's class.
+
+  The anchor is uniform over the examples of classes with at least two
+  examples, the positive uniform over the other members of its class, and the
+  negative uniform over all examples of other classes.
+  """
+
+  def __init__(self, labels: np.ndarray, *, triplets_per_batch: int,
+               seed: int, process_index: int = 0,
+               dataset_name: str = "the dataset"):
+    self._labels = np.asarray(labels)
+    self._index = _ClassIndex(self._labels)
+    self.t = triplets_per_batch
+    self.seed, self.process_index = seed, process_index
+    self._anchors = np.flatnonzero(self._index.counts[self._labels] >= 2)
+    # Position of each example within its class block.
+    index = self._index
+    self._slot = np.empty_like(index.members)
+    self._slot[index.members] = np.arange(len(index.members)) - np.repeat(
+        index.offsets[:-1], index.counts)
+    if len(self._anchors) == 0 or np.count_nonzero(self._index.counts) < 2:
+      raise ValueError(
+          f"Random triplets need two classes and a class with two examples; "
+          f"{dataset_name} has none.")
+
+  @property
+  def batch_size(self) -> int:
+    return 3 * self.t
+
+  def __call__(self, step: int) -> np.ndarray:
+    """Indices ``int64 [3 * T]``: T anchors, then T positives, T negatives."""
+    rng = _rng(self.seed, step, self.process_index)
+    index, labels = self._index, self._labels
+    anchors = rng.choice(self._anchors, size=self.t)
+    cls = labels[anchors]
+    counts = index.counts[cls]
+    # A uniform other member: a draw among count - 1 slots, skipping the
+    # anchor's own slot.
+    slot = rng.integers(0, counts - 1)
+    slot = slot + (slot >= self._slot[anchors])
+    positives = index.members[index.offsets[cls] + slot]
+    # A uniform example of another class: a draw among N - count slots of the
+    # class-sorted order, skipping the anchor's class block.
+    other = rng.integers(0, len(labels) - counts)
+    other = other + np.where(other >= index.offsets[cls], counts, 0)
+    negatives = index.members[other]
+    return np.concatenate([anchors, positives, negatives])

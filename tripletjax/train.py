@@ -1,0 +1,335 @@
+"""Training: the train state, the pure train step, and `train_and_evaluate`.
+
+`train_and_evaluate(config, workdir)` reads top to bottom in the order of a
+run: configuration, data, model, optimiser and state, checkpoint, compiled
+step, loop, final evaluation.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+from flax import nnx
+from flax import struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tripletjax import checkpointing
+from tripletjax import config as config_lib
+from tripletjax import data
+from tripletjax import evaluation
+from tripletjax import losses
+from tripletjax import models
+from tripletjax import sampling
+from tripletjax import writers
+
+Config = config_lib.Config
+
+
+@struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree of arrays."""
+  step: jax.Array  # int32 scalar: number of updates applied.
+  params: nnx.State
+  opt_state: optax.OptState
+
+
+# --------------------------------------------------------------------------
+# Pure functions of the step.
+# --------------------------------------------------------------------------
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+  """Adam(W) with linear warm-up and cosine decay to 1% of the peak rate."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate,
+      warmup_steps=config.warmup_steps, decay_steps=config.steps,
+      end_value=config.learning_rate * 0.01)
+  if config.weight_decay:
+    return optax.adamw(schedule, weight_decay=config.weight_decay)
+  return optax.adam(schedule)
+
+
+def random_shift(images: jax.Array, key: jax.Array, max_shift: int
+                 ) -> jax.Array:
+  """Translates each image by up to `max_shift` pixels, filling with zeros.
+
+  Args:
+    images: ``[B, H, W, C]``.
+    key: PRNG key.
+    max_shift: largest shift along each axis.
+
+  Returns:
+    ``[B, H, W, C]``.
+  """
+  b, h, w, _ = images.shape
+  padded = jnp.pad(images, ((0, 0), (max_shift, max_shift),
+                            (max_shift, max_shift), (0, 0)))
+  offsets = jax.random.randint(key, (b, 2), 0, 2 * max_shift + 1)
+  crop = lambda image, o: jax.lax.dynamic_slice(
+      image, (o[0], o[1], 0), (h, w, image.shape[-1]))
+  return jax.vmap(crop)(padded, offsets)
+
+
+def compute_loss(embeddings: jax.Array, labels: jax.Array, config: Config
+                 ) -> tuple[jax.Array, losses.Metrics]:
+  """The configured loss of a batch of embeddings.
+
+  Args:
+    embeddings: ``[B, D]``; for ``random_triplets`` the anchors, positives and
+      negatives in thirds.
+    labels: ``[B]``.
+    config: names the loss, margin and metric.
+
+  Returns:
+    ``(loss, metrics)``.
+  """
+  if config.loss == config_lib.RANDOM_TRIPLETS:
+    anchors, positives, negatives = jnp.split(embeddings, 3)
+    return losses.triplet_margin_loss(anchors, positives, negatives,
+                                      margin=config.margin,
+                                      metric=config.metric)
+  return losses.MINING_LOSSES[config.loss](embeddings, labels,
+                                           margin=config.margin,
+                                           metric=config.metric)
+
+
+def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
+               graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+               config: Config) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimiser update on a batch.
+
+  Args:
+    state: the train state.
+    images: ``uint8 [B, H, W, C]``.
+    labels: ``int32 [B]``.
+    graphdef: the model's structure (from `nnx.split`).
+    tx: the optimiser.
+    config: loss, margin, metric, augmentation and seed.
+
+  Returns:
+    The new state and the step's metrics (scalars): the loss's metrics plus
+    ``loss`` and ``grad_norm``.
+  """
+  key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params)
+    x = data.normalize(images)
+    if config.augment_shift:
+      x = random_shift(x, key, config.augment_shift)
+    return compute_loss(model(x), labels, config)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+  return TrainState(step=state.step + 1, params=params,
+                    opt_state=opt_state), metrics
+
+
+def embed_images(params: nnx.State, images: jax.Array, *,
+                 graphdef: nnx.GraphDef) -> jax.Array:
+  """``uint8 [B, H, W, C]`` images to ``[B, D]`` embeddings."""
+  return nnx.merge(graphdef, params)(data.normalize(images))
+
+
+# --------------------------------------------------------------------------
+# The run.
+# --------------------------------------------------------------------------
+def _sampler(config: Config, labels: np.ndarray):
+  if config.loss == config_lib.RANDOM_TRIPLETS:
+    return sampling.TripletSampler(
+        labels, triplets_per_batch=config.triplets_per_batch, seed=config.seed,
+        process_index=jax.process_index(), dataset_name=config.dataset)
+  return sampling.PKSampler(
+      labels, classes_per_batch=config.classes_per_batch,
+      examples_per_class=config.examples_per_class, seed=config.seed,
+      process_index=jax.process_index(), dataset_name=config.dataset)
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+  for name in ("loss", "grad_norm"):
+    if not np.isfinite(metrics[name]):
+      raise FloatingPointError(
+          f"Step {step}: {name} is {metrics[name]}. Training stopped; the "
+          "last checkpoint is intact.")
+
+
+def evaluate(embed_fn, params: nnx.State, train: data.Split,
+             test: data.Split, config: Config) -> dict[str, float]:
+  """1-NN accuracy of the test split queried against the train split."""
+  embed = functools.partial(embed_fn, params)
+  references = evaluation.embed(embed, train.images,
+                                batch_size=config.eval_batch_size)
+  queries = evaluation.embed(embed, test.images,
+                             batch_size=config.eval_batch_size)
+  return {"test_1nn_accuracy": evaluation.one_nn_accuracy(
+      queries, test.labels, references, train.labels, metric=config.metric)}
+
+
+def _prepare_workdir(workdir: str, config: Config) -> None:
+  """Creates `workdir` and records the config; refuses a different one."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"workdir {workdir!r} cannot be created: {e}") from None
+  if not os.access(workdir, os.W_OK):
+    raise ValueError(f"workdir {workdir!r} is not writable.")
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    current = json.loads(config.to_json())
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k))
+    if changed:
+      details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+                          for k in changed)
+      raise ValueError(
+          f"workdir {workdir!r} holds a run with a different config "
+          f"({details}). Use another workdir, or delete this one to start "
+          "over.")
+  elif jax.process_index() == 0:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(config.to_json())
+
+
+def train_and_evaluate(
+    config: Config, workdir: str, *,
+    should_stop: Callable[[int], bool] | None = None) -> dict[str, Any]:
+  """Trains an embedding network and evaluates it; resumes from `workdir`.
+
+  Args:
+    config: the run's configuration.
+    workdir: checkpoints, ``config.json``, ``metrics.jsonl``, TensorBoard
+      events and ``results.json`` go here. A workdir with checkpoints is
+      resumed from its latest one.
+    should_stop: called before each step with the step number; when it
+      returns True the run checkpoints its current step and returns early
+      (``results["interrupted"]`` is then True and nothing is evaluated).
+
+  Returns:
+    The final results, as written to ``workdir/results.json``.
+  """
+  start_time = time.time()
+  # Configuration: every setting checked before anything is loaded.
+  config_lib.validate(config)
+  _prepare_workdir(workdir, config)
+  is_main = jax.process_index() == 0
+
+  # Input.
+  train = data.load(config.dataset, config.train_split,
+                    data_dir=config.data_dir, manual_dir=config.manual_dir)
+  test = data.load(config.dataset, config.test_split,
+                   data_dir=config.data_dir, manual_dir=config.manual_dir)
+  sampler = _sampler(config, train.labels)
+  logging.info("%s: %d train and %d test images of shape %s, %d classes.",
+               config.dataset, len(train), len(test), train.image_shape,
+               train.num_classes)
+
+  # Model, optimiser, state.
+  model = models.create(
+      config.model, image_shape=train.image_shape, seed=config.seed,
+      widths=config.widths, hidden_dim=config.hidden_dim,
+      embedding_dim=config.embedding_dim,
+      normalize=config.normalize_embeddings)
+  graphdef, params = nnx.split(model)
+  del model
+  tx = make_optimizer(config)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=tx.init(params))
+  logging.info("Model %s: %d parameters.", config.model,
+               sum(x.size for x in jax.tree.leaves(params)))
+
+  # Checkpoint: resume from the latest one.
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
+      keep=config.keep_checkpoints)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state = checkpointer.restore(latest, state)
+    logging.info("Resumed from the checkpoint of step %d.", latest)
+  first_step = int(state.step)
+
+  # Compiled functions.
+  step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx,
+                                      config=config), donate_argnums=0)
+  embed_fn = jax.jit(functools.partial(embed_images, graphdef=graphdef))
+
+  # Loop.
+  writer = writers.create_default_writer(workdir, enabled=is_main)
+  reporter = writers.ProgressReporter(
+      total_steps=config.steps, every_seconds=config.log_every_seconds,
+      show=("loss", "fraction_active_triplets"))
+  pending = None  # (step, metrics on device) not yet read back.
+
+  def read_back(pending):
+    step, metrics = pending
+    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    _check_finite(step, metrics)
+    writer.write_scalars(step, metrics)
+    reporter(step, metrics)
+
+  loop_start = time.time()
+  interrupted = False
+  for step in range(first_step, config.steps):
+    if should_stop is not None and should_stop(step):
+      interrupted = True
+      break
+    indices = sampler(step)
+    state, metrics = step_fn(state, train.images[indices],
+                             train.labels[indices])
+    # Reading the previous step's metrics lets this step run meanwhile.
+    if pending is not None:
+      read_back(pending)
+    pending = (step + 1, metrics)
+    done = step + 1
+    eval_due = config.eval_every and done % config.eval_every == 0
+    save_due = config.checkpoint_every and done % config.checkpoint_every == 0
+    if eval_due or save_due or done == config.steps:
+      read_back(pending)  # Never save or report a non-finite state.
+      pending = None
+      if save_due or done == config.steps:
+        checkpointer.maybe_save(done, state, force=True)
+      if eval_due and done < config.steps:
+        writer.write_scalars(done, evaluate(embed_fn, state.params, train,
+                                            test, config))
+  if pending is not None:
+    read_back(pending)
+  train_seconds = time.time() - loop_start
+  checkpointer.maybe_save(int(state.step), state, force=True)
+  checkpointer.close()
+  if interrupted:
+    writer.close()
+    logging.info("Stopped at step %d; relaunch to resume.", int(state.step))
+    return {"interrupted": True, "steps": int(state.step)}
+
+  # Final evaluation.
+  results = evaluate(embed_fn, state.params, train, test, config)
+  writer.write_scalars(int(state.step), results)
+  writer.close()
+  steps_run = int(state.step) - first_step
+  results = {
+      **results,
+      "steps": int(state.step),
+      "steps_this_run": steps_run,
+      "train_seconds_this_run": train_seconds,
+      "images_per_second": (steps_run * config.batch_size / train_seconds
+                            if steps_run and train_seconds > 0 else None),
+      "wall_seconds_this_run": time.time() - start_time,
+      "config": config.to_dict(),
+  }
+  if is_main:
+    with open(os.path.join(workdir, "results.json"), "w",
+              encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+  logging.info("Results: %s", {k: v for k, v in results.items()
+                               if k != "config"})
+  return results

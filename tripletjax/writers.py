@@ -1,0 +1,158 @@
+"""Where metrics go: JSON lines, TensorBoard, the log; and progress reports.
+
+One small interface (`MetricWriter`) with implementations that compose
+(`MultiWriter`), after CLU's metric writers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable, Mapping, Protocol, Sequence
+
+from absl import logging
+
+Scalars = Mapping[str, float]
+
+
+class MetricWriter(Protocol):
+
+  def write_scalars(self, step: int, scalars: Scalars) -> None:
+    ...
+
+  def close(self) -> None:
+    ...
+
+
+class JsonlWriter:
+  """Appends ``{"step": ..., <name>: <value>, ...}`` lines to a file.
+
+  A resumed run appends to the same file; steps after the last checkpoint of
+  the interrupted run then appear twice, the later line being the resumed
+  run's.
+  """
+
+  def __init__(self, path: str):
+    self._file = open(path, "a", encoding="utf-8")
+
+  def write_scalars(self, step: int, scalars: Scalars) -> None:
+    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class TensorBoardWriter:
+  """TensorBoard event files, through `tf.summary`."""
+
+  def __init__(self, logdir: str):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(logdir)
+
+  def write_scalars(self, step: int, scalars: Scalars) -> None:
+    with self._writer.as_default(step=int(step)):
+      for name, value in scalars.items():
+        self._tf.summary.scalar(name, float(value))
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+class LoggingWriter:
+  """One log line per call, names sorted."""
+
+  def __init__(self, prefix: str = ""):
+    self._prefix = prefix
+
+  def write_scalars(self, step: int, scalars: Scalars) -> None:
+    values = ", ".join(f"{k}={_format(v)}" for k, v in sorted(scalars.items()))
+    logging.info("%s[%d] %s", self._prefix, step, values)
+
+  def close(self) -> None:
+    pass
+
+
+class MultiWriter:
+  """Writes to several writers."""
+
+  def __init__(self, writers: Sequence[MetricWriter]):
+    self._writers = list(writers)
+
+  def write_scalars(self, step: int, scalars: Scalars) -> None:
+    for writer in self._writers:
+      writer.write_scalars(step, scalars)
+
+  def close(self) -> None:
+    for writer in self._writers:
+      writer.close()
+
+
+def create_default_writer(workdir: str, *, enabled: bool = True
+                         ) -> MetricWriter:
+  """JSON lines in ``workdir/metrics.jsonl`` and TensorBoard events in
+  ``workdir/tensorboard``; nothing when not `enabled` (processes other than
+  the first in a multi-host run)."""
+  if not enabled:
+    return MultiWriter([])
+  return MultiWriter([
+      JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
+      TensorBoardWriter(os.path.join(workdir, "tensorboard")),
+  ])
+
+
+def _format(value: float) -> str:
+  value = float(value)
+  if value == int(value) and abs(value) < 1e9:
+    return str(int(value))
+  return f"{value:.4g}"
+
+
+class ProgressReporter:
+  """Logs step, chosen metrics, steps/s and ETA at most every `every_seconds`.
+
+  Call it after every step with that step's metrics (host values); it returns
+  whether it reported. The clock is injectable for tests.
+  """
+
+  def __init__(self, *, total_steps: int, every_seconds: float,
+               show: Sequence[str] = (), clock: Callable[[], float] =
+               time.monotonic, log: Callable[[str], None] = logging.info):
+    self.total_steps = total_steps
+    self.every_seconds = every_seconds
+    self.show = tuple(show)
+    self._clock, self._log = clock, log
+    self._last_time = None
+    self._last_step = None
+
+  def __call__(self, step: int, metrics: Scalars) -> bool:
+    now = self._clock()
+    if self._last_time is None:  # The first step includes compilation.
+      self._last_time, self._last_step = now, step
+      return False
+    if now - self._last_time < self.every_seconds and step < self.total_steps:
+      return False
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    eta = (self.total_steps - step) / rate if rate > 0 else math.inf
+    shown = "  ".join(f"{name} {_format(metrics[name])}"
+                      for name in self.show if name in metrics)
+    self._log(f"step {step}/{self.total_steps}  {shown}  "
+              f"{rate:.2f} steps/s  ETA {_format_duration(eta)}")
+    self._last_time, self._last_step = now, step
+    return True
+
+
+def _format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else \
+      f"{minutes}:{seconds:02d}"
