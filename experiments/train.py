@@ -2,6 +2,8 @@ r"""The main job: trains an embedding network with a triplet loss.
 
 With no flags it trains the default CNN with batch-all mining on MNIST and
 prints its 1-NN test accuracy (test images queried against train images).
+SIGTERM or Ctrl-C stops it with a checkpoint of the current step; the same
+command resumes.
 
   python -m experiments.train
   python -m experiments.train --dataset=fashion_mnist --loss=batch_hard \
@@ -13,9 +15,13 @@ from absl import logging
 
 from experiments import common
 from tripletjax import config as config_lib
+from tripletjax import preemption
 from tripletjax import train
 
 common.define_config_flags()
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a workdir whose recorded settings differ from these flags.")
 
 
 def main(argv):
@@ -24,7 +30,14 @@ def main(argv):
   config = config_lib.validate(common.config_from_flags())
   workdir = common.WORKDIR.value or common.default_workdir(config)
   logging.info("Workdir: %s", workdir)
-  results = train.train_and_evaluate(config, workdir)
+  with preemption.StopOnSignal() as stop:
+    results = train.train_and_evaluate(
+        config, workdir, should_stop=stop,
+        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  if results.get("interrupted"):
+    print(f"Stopped at step {results['steps']} with a checkpoint; the same "
+          "command resumes.")
+    return
   print(f"1-NN test accuracy: {results['test_1nn_accuracy']:.4f} "
         f"after {results['steps']} steps "
         f"({results['wall_seconds_this_run']:.0f} s this run; "

@@ -25,6 +25,7 @@ from tripletjax import checkpointing
 from tripletjax import config as config_lib
 from tripletjax import data
 from tripletjax import evaluation
+from tripletjax import health
 from tripletjax import losses
 from tripletjax import models
 from tripletjax import sampling
@@ -154,14 +155,6 @@ def _sampler(config: Config, labels: np.ndarray):
       process_index=jax.process_index(), dataset_name=config.dataset)
 
 
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
-  for name in ("loss", "grad_norm"):
-    if not np.isfinite(metrics[name]):
-      raise FloatingPointError(
-          f"Step {step}: {name} is {metrics[name]}. Training stopped; the "
-          "last checkpoint is intact.")
-
-
 def evaluate(embed_fn, params: nnx.State, train: data.Split,
              test: data.Split, config: Config) -> dict[str, float]:
   """1-NN accuracy of the test split queried against the train split."""
@@ -174,7 +167,8 @@ def evaluate(embed_fn, params: nnx.State, train: data.Split,
       queries, test.labels, references, train.labels, metric=config.metric)}
 
 
-def _prepare_workdir(workdir: str, config: Config) -> None:
+def _prepare_workdir(workdir: str, config: Config, *,
+                     allow_config_change: bool) -> None:
   """Creates `workdir` and records the config; refuses a different one."""
   try:
     os.makedirs(workdir, exist_ok=True)
@@ -189,21 +183,25 @@ def _prepare_workdir(workdir: str, config: Config) -> None:
     current = json.loads(config.to_json())
     changed = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k))
-    if changed:
-      details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-                          for k in changed)
+    if not changed:
+      return
+    details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+                        for k in changed)
+    if not allow_config_change:
       raise ValueError(
-          f"workdir {workdir!r} holds a run with a different config "
-          f"({details}). Use another workdir, or delete this one to start "
-          "over.")
-  elif jax.process_index() == 0:
+          f"workdir {workdir!r} holds a run with different settings "
+          f"({details}). Use another workdir, or allow the change "
+          "(--allow_config_change) to resume with the new settings.")
+    logging.warning("Resuming %s with changed settings: %s.", workdir, details)
+  if jax.process_index() == 0:
     with open(path, "w", encoding="utf-8") as f:
       f.write(config.to_json())
 
 
 def train_and_evaluate(
     config: Config, workdir: str, *,
-    should_stop: Callable[[int], bool] | None = None) -> dict[str, Any]:
+    should_stop: Callable[[int], bool] | None = None,
+    allow_config_change: bool = False) -> dict[str, Any]:
   """Trains an embedding network and evaluates it; resumes from `workdir`.
 
   Args:
@@ -214,6 +212,8 @@ def train_and_evaluate(
     should_stop: called before each step with the step number; when it
       returns True the run checkpoints its current step and returns early
       (``results["interrupted"]`` is then True and nothing is evaluated).
+    allow_config_change: resume a workdir whose recorded settings differ
+      from `config` (else a `ValueError` lists the differences).
 
   Returns:
     The final results, as written to ``workdir/results.json``.
@@ -221,7 +221,7 @@ def train_and_evaluate(
   start_time = time.time()
   # Configuration: every setting checked before anything is loaded.
   config_lib.validate(config)
-  _prepare_workdir(workdir, config)
+  _prepare_workdir(workdir, config, allow_config_change=allow_config_change)
   is_main = jax.process_index() == 0
 
   # Input.
@@ -252,10 +252,10 @@ def train_and_evaluate(
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
       keep=config.keep_checkpoints)
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    state = checkpointer.restore(latest, state)
-    logging.info("Resumed from the checkpoint of step %d.", latest)
+  restored = checkpointer.restore_latest(state)
+  if restored is not None:
+    state = restored[1]
+    logging.info("Resumed from the checkpoint of step %d.", restored[0])
   first_step = int(state.step)
 
   # Compiled functions.
@@ -268,14 +268,16 @@ def train_and_evaluate(
   reporter = writers.ProgressReporter(
       total_steps=config.steps, every_seconds=config.log_every_seconds,
       show=("loss", "fraction_active_triplets"))
+  collapse = health.CollapseDetector(margin=config.margin)
   pending = None  # (step, metrics on device) not yet read back.
 
   def read_back(pending):
     step, metrics = pending
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    _check_finite(step, metrics)
+    health.check_finite(step, metrics)
     writer.write_scalars(step, metrics)
     reporter(step, metrics)
+    collapse(step, metrics)
 
   loop_start = time.time()
   interrupted = False

@@ -1,0 +1,201 @@
+"""Preemption, resume, damaged checkpoints, NaNs and bad flags.
+
+The kill and signal tests run the main job in a subprocess, as a user or a
+cluster scheduler would.
+"""
+
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests import train_test
+from tripletjax import checkpointing
+from tripletjax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def job_flags(dataset_dirs, workdir, **changes):
+  """Flags of a tiny main job; `changes` override them."""
+  values = dict(
+      train_split="train[:2000]", test_split="test[:500]", widths="4",
+      hidden_dim=16, embedding_dim=8, classes_per_batch=5,
+      examples_per_class=4, steps=400, warmup_steps=2, checkpoint_every=5,
+      keep_checkpoints=1000, eval_every=0, eval_batch_size=256,
+      log_every_seconds=1000, workdir=workdir, **dataset_dirs)
+  values.update(changes)
+  return [f"--{k}={v}" for k, v in values.items()]
+
+
+def start_job(flags):
+  return subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", *flags], cwd=REPO,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def wait_for_checkpoint(workdir, step, process, timeout=120):
+  path = pathlib.Path(workdir) / "checkpoints" / str(step)
+  deadline = time.monotonic() + timeout
+  while not path.exists():
+    assert process.poll() is None, process.communicate()[0][-3000:]
+    assert time.monotonic() < deadline, "no checkpoint in time"
+    time.sleep(0.05)
+
+
+def final_params(config, workdir):
+  return jax.tree.leaves(train_test.saved_params(config, workdir))
+
+
+def config_of(dataset_dirs, steps):
+  """The Config that `job_flags` describes."""
+  return train_test.tiny_config(
+      dataset_dirs, steps=steps, checkpoint_every=5, keep_checkpoints=1000)
+
+
+def test_sigkill_then_relaunch_equals_uninterrupted_run(dataset_dirs,
+                                                        tmp_path):
+  steps = 60
+  killed = tmp_path / "killed"
+  flags = job_flags(dataset_dirs, killed, steps=steps)
+  job = start_job(flags)
+  wait_for_checkpoint(killed, 10, job)
+  job.send_signal(signal.SIGKILL)
+  job.wait()
+  assert job.returncode == -signal.SIGKILL
+  done = sorted(int(p.name) for p in (killed / "checkpoints").iterdir()
+                if p.name.isdigit())
+  assert done[-1] < steps, "the job finished before it was killed"
+  relaunched = start_job(flags)
+  output = relaunched.communicate(timeout=300)[0]
+  assert relaunched.returncode == 0, output[-3000:]
+  assert f"Resumed from the checkpoint of step {done[-1]}" in output
+
+  straight = tmp_path / "straight"
+  config = config_of(dataset_dirs, steps)
+  train.train_and_evaluate(config, str(straight))
+  for want, got in zip(final_params(config, straight),
+                       final_params(config, killed)):
+    np.testing.assert_array_equal(want, got)
+
+
+def test_sigterm_writes_a_checkpoint_of_the_current_step(dataset_dirs,
+                                                         tmp_path):
+  job = start_job(job_flags(dataset_dirs, tmp_path, steps=100000,
+                            checkpoint_every=1000))
+  # Wait until training runs (the metrics file grows), then preempt.
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.monotonic() + 120
+  while not (metrics.exists() and metrics.stat().st_size > 2000):
+    assert job.poll() is None, job.communicate()[0][-3000:]
+    assert time.monotonic() < deadline
+    time.sleep(0.05)
+  job.send_signal(signal.SIGTERM)
+  output = job.communicate(timeout=120)[0]
+  assert job.returncode == 0, output[-3000:]
+  line = [l for l in output.splitlines() if l.startswith("Stopped at step")]
+  assert line, output[-3000:]
+  step = int(line[0].split()[3])
+  assert 0 < step < 1000
+  assert (tmp_path / "checkpoints" / str(step)).is_dir()
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(dataset_dirs,
+                                                             tmp_path):
+  config = train_test.tiny_config(dataset_dirs)  # Checkpoints 4, 8, 12.
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  run = tmp_path / "damaged"
+  train.train_and_evaluate(config, str(run))
+  files = [p for p in (run / "checkpoints" / "12").rglob("*") if p.is_file()]
+  biggest = max(files, key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+
+  results = train.train_and_evaluate(config, str(run))
+  assert results["steps_this_run"] == 4  # Resumed from step 8.
+  assert (run / "checkpoints.damaged" / "12").is_dir()
+  assert sorted(p.name for p in (run / "checkpoints").iterdir()
+                if p.name.isdigit()) == ["12", "4", "8"]
+  for want, got in zip(final_params(config, tmp_path / "straight"),
+                       final_params(config, run)):
+    np.testing.assert_array_equal(want, got)
+
+
+def test_all_checkpoints_damaged_starts_over(dataset_dirs, tmp_path):
+  config = train_test.tiny_config(dataset_dirs, steps=4, checkpoint_every=0)
+  train.train_and_evaluate(config, str(tmp_path))
+  for path in (tmp_path / "checkpoints" / "4").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"")
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["steps_this_run"] == 4
+  assert (tmp_path / "checkpoints.damaged" / "4").is_dir()
+
+
+def test_planted_nan_stops_with_step_and_quantity(dataset_dirs, tmp_path,
+                                                  monkeypatch):
+  config = train_test.tiny_config(dataset_dirs, steps=12, checkpoint_every=4)
+  stopped = train.train_and_evaluate(config, str(tmp_path),
+                                     should_stop=lambda step: step >= 4)
+  assert stopped["steps"] == 4
+  real = train.compute_loss
+  monkeypatch.setattr(train, "compute_loss", lambda *a: (
+      lambda loss, metrics: (loss * np.nan, metrics))(*real(*a)))
+  with pytest.raises(FloatingPointError, match="Step 5: loss is nan"):
+    train.train_and_evaluate(config, str(tmp_path))
+  monkeypatch.setattr(train, "compute_loss", real)
+  checkpointer = checkpointing.Checkpointer(
+      str(tmp_path / "checkpoints"), every=0, keep=3)
+  assert checkpointer.latest_step() == 4  # Nothing non-finite was saved.
+  checkpointer.close()
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["steps"] == 12
+
+
+def test_config_change_needs_the_override(dataset_dirs, tmp_path):
+  config = train_test.tiny_config(dataset_dirs, steps=4, checkpoint_every=0)
+  train.train_and_evaluate(config, str(tmp_path))
+  changed = config.replace(steps=8)
+  with pytest.raises(ValueError, match="steps: 4 -> 8.*allow_config_change"):
+    train.train_and_evaluate(changed, str(tmp_path))
+  results = train.train_and_evaluate(changed, str(tmp_path),
+                                     allow_config_change=True)
+  assert results["steps"] == 8 and results["steps_this_run"] == 4
+
+
+BAD_FLAGS = (
+    ("--dataset=no_such_dataset", "no_such_dataset"),
+    ("--loss=hardest", "loss must be one of"),
+    ("--metric=manhattan", "metric must be one of"),
+    ("--model=resnet", "model must be one of"),
+    ("--classes_per_batch=11", r"classes_per_batch \(P\) = 11.*mnist has 10"),
+    ("--examples_per_class=1", r"examples_per_class \(K\) must be >= 2"),
+    ("--margin=0", "margin must be > 0"),
+    ("--learning_rate=-1", "learning_rate must be > 0"),
+    ("--steps=0", "steps must be a positive integer"),
+    ("--workdir=/proc/tripletjax", "workdir '/proc/tripletjax' cannot be"),
+    ("--widths=4,x", "widths must be integers"),
+)
+
+
+def test_each_bad_flag_gives_a_one_line_error(dataset_dirs, tmp_path):
+  jobs = []
+  for flag, pattern in BAD_FLAGS:
+    workdir = tmp_path / flag.split("=")[0].strip("-")
+    flags = [f for f in job_flags(dataset_dirs, workdir)
+             if not f.startswith(flag.split("=")[0] + "=")]
+    jobs.append((flag, pattern, start_job([*flags, flag])))
+  for flag, pattern, job in jobs:
+    output = job.communicate(timeout=300)[0]
+    assert job.returncode == 2, (flag, output[-2000:])
+    assert "Traceback" not in output, (flag, output[-2000:])
+    errors = [l for l in output.splitlines() if l.startswith("Error: ")]
+    assert len(errors) == 1 and re.search(pattern, errors[0]), (
+        flag, output[-2000:])
