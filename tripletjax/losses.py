@@ -81,12 +81,19 @@ def _check_batch(embeddings, labels, margin, metric: str):
   return embeddings, labels
 
 
-def _pair_masks(labels: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Positive-pair mask, negative-pair mask ([B, B] bool) and valid rows [B]."""
-  valid = labels >= 0
-  both_valid = valid[:, None] & valid[None, :]
-  same = labels[:, None] == labels[None, :]
-  not_self = ~jnp.eye(labels.shape[0], dtype=bool)
+def _pair_masks(anchor_labels: jax.Array, anchor_index: jax.Array,
+                candidate_labels: jax.Array):
+  """Positive and negative masks ``[A, C]`` and the valid anchors ``[A]``.
+
+  Args:
+    anchor_labels: ``[A]`` labels of the anchors (rows).
+    anchor_index: ``[A]`` position of each anchor among the candidates.
+    candidate_labels: ``[C]`` labels of the candidates (columns).
+  """
+  valid = anchor_labels >= 0
+  both_valid = valid[:, None] & (candidate_labels >= 0)[None, :]
+  same = anchor_labels[:, None] == candidate_labels[None, :]
+  not_self = anchor_index[:, None] != jnp.arange(candidate_labels.shape[0])
   return same & both_valid & not_self, ~same & both_valid, valid
 
 
@@ -96,29 +103,94 @@ def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
   return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
 
 
-def _batch_metrics(dist, pos, neg, valid, embeddings, num_triplets,
-                   num_active) -> Metrics:
-  """The diagnostics of `METRIC_NAMES`; no gradient flows through them."""
+# Each miner reduces its rows to these sums, which add up across devices
+# (the two hardest distances take a max and a min instead).
+_REDUCE_MAX = ("hardest_positive_distance",)
+_REDUCE_MIN = ("hardest_negative_distance",)
+
+
+def _partial_statistics(dist, pos, neg, valid, anchors, *, loss_sum,
+                        loss_count, num_triplets, num_active
+                        ) -> dict[str, jax.Array]:
+  """Sums over this block of anchor rows; no gradient flows but the loss's."""
   dist = jax.lax.stop_gradient(dist)
-  embeddings = jax.lax.stop_gradient(embeddings)
-  num_pos, num_neg = jnp.sum(pos), jnp.sum(neg)
-  norms = distances.safe_sqrt(jnp.sum(embeddings * embeddings, axis=1))
-  num_triplets = jnp.asarray(num_triplets, jnp.float32)
-  num_active = jnp.asarray(num_active, jnp.float32)
+  anchors = jax.lax.stop_gradient(anchors)
+  norms = distances.safe_sqrt(jnp.sum(anchors * anchors, axis=1))
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
   return {
-      "num_triplets": num_triplets,
-      "num_active_triplets": num_active,
-      "fraction_active_triplets": _safe_divide(num_active, num_triplets),
-      "mean_positive_distance": _safe_divide(
-          jnp.sum(jnp.where(pos, dist, 0.0)), num_pos),
-      "mean_negative_distance": _safe_divide(
-          jnp.sum(jnp.where(neg, dist, 0.0)), num_neg),
+      "loss_sum": loss_sum,
+      "loss_count": f32(loss_count),
+      "num_triplets": f32(num_triplets),
+      "num_active_triplets": f32(num_active),
+      "positive_sum": jnp.sum(jnp.where(pos, dist, 0.0)),
+      "positive_count": f32(jnp.sum(pos)),
+      "negative_sum": jnp.sum(jnp.where(neg, dist, 0.0)),
+      "negative_count": f32(jnp.sum(neg)),
       "hardest_positive_distance": jnp.max(jnp.where(pos, dist, 0.0)),
-      "hardest_negative_distance": jnp.where(
-          num_neg > 0, jnp.min(jnp.where(neg, dist, jnp.inf)), 0.0),
-      "mean_embedding_norm": _safe_divide(
-          jnp.sum(jnp.where(valid, norms, 0.0)), jnp.sum(valid)),
+      "hardest_negative_distance": jnp.min(jnp.where(neg, dist, jnp.inf)),
+      "norm_sum": jnp.sum(jnp.where(valid, norms, 0.0)),
+      "norm_count": f32(jnp.sum(valid)),
   }
+
+
+def _combine(partials: dict[str, jax.Array], axis_name) -> dict[str, jax.Array]:
+  """Adds up the partial statistics of every device along `axis_name`."""
+  def reduce(name, value):
+    if name in _REDUCE_MAX:
+      return jax.lax.pmax(value, axis_name)
+    if name in _REDUCE_MIN:
+      return jax.lax.pmin(value, axis_name)
+    return jax.lax.psum(value, axis_name)
+  return {name: reduce(name, value) for name, value in partials.items()}
+
+
+def _finalize(p: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
+  """The loss and the diagnostics of `METRIC_NAMES` from the sums."""
+  loss = _safe_divide(p["loss_sum"], p["loss_count"])
+  return loss, {
+      "num_triplets": p["num_triplets"],
+      "num_active_triplets": p["num_active_triplets"],
+      "fraction_active_triplets": _safe_divide(p["num_active_triplets"],
+                                               p["num_triplets"]),
+      "mean_positive_distance": _safe_divide(p["positive_sum"],
+                                             p["positive_count"]),
+      "mean_negative_distance": _safe_divide(p["negative_sum"],
+                                             p["negative_count"]),
+      "hardest_positive_distance": p["hardest_positive_distance"],
+      "hardest_negative_distance": jnp.where(
+          p["negative_count"] > 0, p["hardest_negative_distance"], 0.0),
+      "mean_embedding_norm": _safe_divide(p["norm_sum"], p["norm_count"]),
+  }
+
+
+def _mined_loss(rows_fn, embeddings, labels, *, margin, metric, axis_name,
+                **rows_kwargs) -> tuple[jax.Array, Metrics]:
+  """Runs a miner over every anchor of the (global) batch.
+
+  Without `axis_name` the anchors are the rows of `embeddings`. With it,
+  `embeddings` is this device's shard of a batch split along the mapped axis
+  `axis_name`: the shards are gathered (a differentiable all-gather, whose
+  transpose returns each device the gradient of its own rows), this device
+  mines its own anchors against the whole batch, and the partial sums are
+  added up across devices. Memory per device is O(B_local * B).
+  """
+  embeddings, labels = _check_batch(embeddings, labels, margin, metric)
+  anchor_index = jnp.arange(labels.shape[0])
+  candidates, candidate_labels = embeddings, labels
+  if axis_name is not None:
+    candidates = jax.lax.all_gather(embeddings, axis_name, tiled=True)
+    candidate_labels = jax.lax.all_gather(labels, axis_name, tiled=True)
+    anchor_index += jax.lax.axis_index(axis_name) * labels.shape[0]
+  dist = distances.pairwise_distances(embeddings, candidates, metric=metric)
+  pos, neg, valid = _pair_masks(labels, anchor_index, candidate_labels)
+  loss_sum, loss_count, num_triplets, num_active = rows_fn(
+      dist, pos, neg, margin=margin, **rows_kwargs)
+  partials = _partial_statistics(
+      dist, pos, neg, valid, embeddings, loss_sum=loss_sum,
+      loss_count=loss_count, num_triplets=num_triplets, num_active=num_active)
+  if axis_name is not None:
+    partials = _combine(partials, axis_name)
+  return _finalize(partials)
 
 
 _SORTS_LAST = np.uint32(0xFFFFFFFF)
@@ -168,6 +240,7 @@ def batch_all_triplet_loss(
     margin: float,
     metric: str = "euclidean",
     sort_implementation: str = "auto",
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, Metrics]:
   """Triplet loss over every valid triplet of the batch ("batch-all").
 
@@ -182,6 +255,10 @@ def batch_all_triplet_loss(
     metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
     sort_implementation: how each anchor's distances are sorted; see
       `tripletjax.sorting.argsort_rows`.
+    axis_name: name of a mapped axis (``jax.pmap``, ``jax.shard_map``) along
+      which the batch is split: `embeddings` and `labels` are then this
+      device's shard, mining runs over the global batch, and the loss and
+      metrics are the global ones on every device.
 
   Returns:
     ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
@@ -198,9 +275,13 @@ def batch_all_triplet_loss(
     Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
     Re-Identification", 2017 (arXiv:1703.07737).
   """
-  embeddings, labels = _check_batch(embeddings, labels, margin, metric)
-  dist = distances.pairwise_distances(embeddings, metric=metric)
-  pos, neg, valid = _pair_masks(labels)
+  return _mined_loss(_batch_all_rows, embeddings, labels, margin=margin,
+                     metric=metric, axis_name=axis_name,
+                     sort_implementation=sort_implementation)
+
+
+def _batch_all_rows(dist, pos, neg, *, margin, sort_implementation):
+  """Batch-all over anchor rows: (loss sum, loss count, triplets, active)."""
   # Triplet (a, p, n) is active iff d(a, n) < d(a, p) + margin. Sorting each
   # anchor's thresholds d(a, p) + margin together with its negatives' d(a, n)
   # (thresholds first at ties), a positive p is in as many active triplets as
@@ -219,11 +300,9 @@ def batch_all_triplet_loss(
   total = jnp.sum((threshold_counts - negative_counts) * values)
   # Per-anchor sums stay exact in int32; their total may exceed it.
   num_active = jnp.sum(jnp.sum(threshold_counts, axis=1).astype(jnp.float32))
-  loss = _safe_divide(total, num_active)
   num_triplets = jnp.sum(
       (jnp.sum(pos, axis=1) * jnp.sum(neg, axis=1)).astype(jnp.float32))
-  return loss, _batch_metrics(dist, pos, neg, valid, embeddings, num_triplets,
-                              num_active)
+  return total, num_active, num_triplets, num_active
 
 
 def batch_hard_triplet_loss(
@@ -233,6 +312,7 @@ def batch_hard_triplet_loss(
     margin: float,
     metric: str = "euclidean",
     soft: bool = False,
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, Metrics]:
   """Triplet loss of each anchor's hardest positive and negative ("batch-hard").
 
@@ -249,6 +329,10 @@ def batch_hard_triplet_loss(
     margin: non-negative margin.
     metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
     soft: use the softplus instead of the hinge.
+    axis_name: name of a mapped axis (``jax.pmap``, ``jax.shard_map``) along
+      which the batch is split: `embeddings` and `labels` are then this
+      device's shard, mining runs over the global batch, and the loss and
+      metrics are the global ones on every device.
 
   Returns:
     ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
@@ -264,9 +348,12 @@ def batch_hard_triplet_loss(
     Hermans, Beyer & Leibe, "In Defense of the Triplet Loss for Person
     Re-Identification", 2017 (arXiv:1703.07737).
   """
-  embeddings, labels = _check_batch(embeddings, labels, margin, metric)
-  dist = distances.pairwise_distances(embeddings, metric=metric)
-  pos, neg, valid = _pair_masks(labels)
+  return _mined_loss(_batch_hard_rows, embeddings, labels, margin=margin,
+                     metric=metric, axis_name=axis_name, soft=soft)
+
+
+def _batch_hard_rows(dist, pos, neg, *, margin, soft):
+  """Batch-hard over anchor rows: (loss sum, loss count, triplets, active)."""
   has_neg = jnp.any(neg, axis=1)
   anchors = jnp.any(pos, axis=1) & has_neg
   hardest_pos = jnp.max(jnp.where(pos, dist, 0.0), axis=1)
@@ -275,11 +362,8 @@ def batch_hard_triplet_loss(
   violation = hardest_pos - hardest_neg + margin
   per_anchor = jax.nn.softplus(violation) if soft else jax.nn.relu(violation)
   num_anchors = jnp.sum(anchors)
-  loss = _safe_divide(jnp.sum(jnp.where(anchors, per_anchor, 0.0)),
-                      num_anchors)
-  num_active = jnp.sum(anchors & (violation > 0))
-  return loss, _batch_metrics(dist, pos, neg, valid, embeddings, num_anchors,
-                              num_active)
+  return (jnp.sum(jnp.where(anchors, per_anchor, 0.0)), num_anchors,
+          num_anchors, jnp.sum(anchors & (violation > 0)))
 
 
 def batch_semihard_triplet_loss(
@@ -289,6 +373,7 @@ def batch_semihard_triplet_loss(
     margin: float,
     metric: str = "euclidean",
     sort_implementation: str = "auto",
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, Metrics]:
   """FaceNet's semi-hard triplet loss, as tensorflow-addons defines it.
 
@@ -304,6 +389,10 @@ def batch_semihard_triplet_loss(
     metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
     sort_implementation: how each anchor's distances are sorted; see
       `tripletjax.sorting.argsort_rows`.
+    axis_name: name of a mapped axis (``jax.pmap``, ``jax.shard_map``) along
+      which the batch is split: `embeddings` and `labels` are then this
+      device's shard, mining runs over the global batch, and the loss and
+      metrics are the global ones on every device.
 
   Returns:
     ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
@@ -320,9 +409,13 @@ def batch_semihard_triplet_loss(
     Schroff, Kalenichenko & Philbin, "FaceNet: A Unified Embedding for Face
     Recognition and Clustering", CVPR 2015; `tfa.losses.TripletSemiHardLoss`.
   """
-  embeddings, labels = _check_batch(embeddings, labels, margin, metric)
-  dist = distances.pairwise_distances(embeddings, metric=metric)
-  pos, neg, valid = _pair_masks(labels)
+  return _mined_loss(_semihard_rows, embeddings, labels, margin=margin,
+                     metric=metric, axis_name=axis_name,
+                     sort_implementation=sort_implementation)
+
+
+def _semihard_rows(dist, pos, neg, *, margin, sort_implementation):
+  """Semi-hard over anchor rows: (loss sum, loss count, triplets, active)."""
   # Each anchor's positives sorted among its negatives (negatives first at
   # ties): a positive's negative is the next negative after it in the row,
   # or the row's last negative where none follows.
@@ -340,10 +433,8 @@ def batch_semihard_triplet_loss(
   pairs = is_positive & (last_negative >= 0)
   per_pair = jax.nn.relu(values - negative + margin)
   num_pairs = jnp.sum(pairs)
-  loss = _safe_divide(jnp.sum(jnp.where(pairs, per_pair, 0.0)), num_pairs)
-  num_active = jnp.sum(pairs & (per_pair > 0))
-  return loss, _batch_metrics(dist, pos, neg, valid, embeddings, num_pairs,
-                              num_active)
+  return (jnp.sum(jnp.where(pairs, per_pair, 0.0)), num_pairs, num_pairs,
+          jnp.sum(pairs & (per_pair > 0)))
 
 
 def triplet_margin_loss(
