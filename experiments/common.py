@@ -46,6 +46,9 @@ _HELP = {
     "weight_decay": "AdamW weight decay (0: Adam).",
     "augment_shift": "Random translation of training images, in pixels.",
     "seed": "Seed of initialisation, sampling and augmentation.",
+    "parallelism": "jit (one program over a mesh of all devices) or pmap.",
+    "mining_scope": "global: mine the whole batch across devices; local: "
+                    "each device mines its own shard.",
     "eval_every": "Evaluate every this many steps (0: only at the end).",
     "eval_batch_size": "Images per embedding call in evaluation.",
     "checkpoint_every": "Checkpoint every this many steps (0: at the end).",

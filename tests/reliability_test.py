@@ -146,8 +146,10 @@ def test_planted_nan_stops_with_step_and_quantity(dataset_dirs, tmp_path,
                                      should_stop=lambda step: step >= 4)
   assert stopped["steps"] == 4
   real = train.compute_loss
-  monkeypatch.setattr(train, "compute_loss", lambda *a: (
-      lambda loss, metrics: (loss * np.nan, metrics))(*real(*a)))
+  def poisoned(*args, **kwargs):
+    loss, metrics = real(*args, **kwargs)
+    return loss * np.nan, metrics
+  monkeypatch.setattr(train, "compute_loss", poisoned)
   with pytest.raises(FloatingPointError, match="Step 5: loss is nan"):
     train.train_and_evaluate(config, str(tmp_path))
   monkeypatch.setattr(train, "compute_loss", real)

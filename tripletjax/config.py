@@ -15,6 +15,7 @@ from typing import Any
 from tripletjax import distances
 from tripletjax import losses
 from tripletjax import models
+from tripletjax import parallel
 
 RANDOM_TRIPLETS = "random_triplets"
 LOSS_NAMES = (*losses.MINING_LOSSES, RANDOM_TRIPLETS)
@@ -53,6 +54,9 @@ class Config:
   weight_decay: float = 0.0
   augment_shift: int = 2  # Random translation of training images, pixels.
   seed: int = 0
+  # Devices.
+  parallelism: str = "jit"  # "jit" over a device mesh, or "pmap".
+  mining_scope: str = "global"  # Mine the global batch, or each device's.
   # Evaluation, checkpoints, logging.
   eval_every: int = 1000
   eval_batch_size: int = 1024
@@ -104,6 +108,12 @@ def validate(config: Config) -> Config:
            f"loss must be one of {LOSS_NAMES}, got {c.loss!r}.")
   _require(c.metric in distances.METRICS,
            f"metric must be one of {distances.METRICS}, got {c.metric!r}.")
+  _require(c.parallelism in parallel.PARALLELISMS,
+           f"parallelism must be one of {parallel.PARALLELISMS}, got "
+           f"{c.parallelism!r}.")
+  _require(c.mining_scope in parallel.MINING_SCOPES,
+           f"mining_scope must be one of {parallel.MINING_SCOPES}, got "
+           f"{c.mining_scope!r}.")
   _require(c.model in models.MODELS,
            f"model must be one of {tuple(models.MODELS)}, got {c.model!r}.")
   _require(isinstance(c.dataset, str) and c.dataset,

@@ -1,8 +1,11 @@
-"""Batches of example indices, deterministic from (seed, step, process).
+"""Global batches of example indices, deterministic from (seed, step).
 
-A batch depends on nothing but its seed, step and process index, never on
-the batches before it: a run resumed at step N sees exactly the batches an
-uninterrupted run sees, without saving any sampler state.
+A batch depends on nothing but its seed and step, never on the batches
+before it: a run resumed at step N sees exactly the batches an uninterrupted
+run sees, without saving any sampler state. Every process of a multi-host run
+draws the same global batch and feeds its own slice of it
+(`tripletjax.parallel.process_slice`), so the batches do not depend on the
+number of processes either.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from absl import logging
 import numpy as np
 
 
-def _rng(seed: int, step: int, process_index: int) -> np.random.Generator:
-  return np.random.default_rng((seed, step, process_index))
+def _rng(seed: int, step: int) -> np.random.Generator:
+  return np.random.default_rng((seed, step))
 
 
 class _ClassIndex:
@@ -39,20 +42,18 @@ class PKSampler:
   """
 
   def __init__(self, labels: np.ndarray, *, classes_per_batch: int,
-               examples_per_class: int, seed: int, process_index: int = 0,
+               examples_per_class: int, seed: int,
                dataset_name: str = "the dataset"):
     """Args:
       labels: ``[N]`` class ids of the examples to draw from.
       classes_per_batch: P.
       examples_per_class: K.
       seed: base seed of every draw.
-      process_index: makes the draws of each process of a multi-host run
-        different.
       dataset_name: used in error messages.
     """
     self._index = _ClassIndex(labels)
     self.p, self.k = classes_per_batch, examples_per_class
-    self.seed, self.process_index = seed, process_index
+    self.seed = seed
     self.eligible = np.flatnonzero(self._index.counts >= self.k)
     present = int(np.count_nonzero(self._index.counts))
     if len(self.eligible) < self.p:
@@ -73,7 +74,7 @@ class PKSampler:
 
   def __call__(self, step: int) -> np.ndarray:
     """Indices of batch `step`: ``int64 [P * K]``, class by class."""
-    rng = _rng(self.seed, step, self.process_index)
+    rng = _rng(self.seed, step)
     classes = rng.choice(self.eligible, size=self.p, replace=False)
     index = self._index
     # K distinct members per class: the K smallest of random keys.
@@ -94,12 +95,11 @@ class TripletSampler:
   """
 
   def __init__(self, labels: np.ndarray, *, triplets_per_batch: int,
-               seed: int, process_index: int = 0,
-               dataset_name: str = "the dataset"):
+               seed: int, dataset_name: str = "the dataset"):
     self._labels = np.asarray(labels)
     self._index = _ClassIndex(self._labels)
     self.t = triplets_per_batch
-    self.seed, self.process_index = seed, process_index
+    self.seed = seed
     self._anchors = np.flatnonzero(self._index.counts[self._labels] >= 2)
     # Position of each example within its class block.
     index = self._index
@@ -116,8 +116,9 @@ class TripletSampler:
     return 3 * self.t
 
   def __call__(self, step: int) -> np.ndarray:
-    """Indices ``int64 [3 * T]``: T anchors, then T positives, T negatives."""
-    rng = _rng(self.seed, step, self.process_index)
+    """Indices ``int64 [3 * T]``: anchor, positive, negative of triplet 0,
+    then of triplet 1, ... (so any split into whole triplets is valid)."""
+    rng = _rng(self.seed, step)
     index, labels = self._index, self._labels
     anchors = rng.choice(self._anchors, size=self.t)
     cls = labels[anchors]
@@ -132,4 +133,4 @@ class TripletSampler:
     other = rng.integers(0, len(labels) - counts)
     other = other + np.where(other >= index.offsets[cls], counts, 0)
     negatives = index.members[other]
-    return np.concatenate([anchors, positives, negatives])
+    return np.stack([anchors, positives, negatives], axis=1).reshape(-1)

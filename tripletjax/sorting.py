@@ -11,8 +11,6 @@ do not depend on the backend.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -32,12 +30,10 @@ def _argsort_numpy(keys: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(words[..., 0]).view(np.int32)
 
 
-def _argsort_callback(keys: jax.Array, varying: tuple[str, ...]) -> jax.Array:
-  order = jax.pure_callback(
+def _argsort_callback(keys: jax.Array) -> jax.Array:
+  return jax.pure_callback(
       _argsort_numpy, jax.ShapeDtypeStruct(keys.shape, jnp.int32), keys,
       vmap_method="expand_dims")
-  # Inside shard_map the result varies across devices like the keys do.
-  return lax.pcast(order, varying, to="varying") if varying else order
 
 
 def _argsort_xla(keys: jax.Array) -> jax.Array:
@@ -54,7 +50,8 @@ def argsort_rows(keys: jax.Array, *, implementation: str = "auto") -> jax.Array:
   Args:
     keys: ``uint32`` array of shape ``[..., N]``.
     implementation: ``"auto"`` (NumPy on the CPU backend, `lax.sort`
-      elsewhere), ``"numpy"`` or ``"xla"``.
+      elsewhere), ``"numpy"`` or ``"xla"``. Inside `jax.shard_map` or
+      `jax.pmap` it is always `lax.sort`.
 
   Returns:
     ``int32`` array of shape ``[..., N]``: for each row, the positions of its
@@ -63,15 +60,18 @@ def argsort_rows(keys: jax.Array, *, implementation: str = "auto") -> jax.Array:
   if keys.dtype != jnp.uint32:
     raise ValueError(f"keys must be uint32, got dtype {keys.dtype}.")
   keys = lax.stop_gradient(keys)
-  callback = functools.partial(
-      _argsort_callback,
-      varying=tuple(jax.typeof(keys).manual_axis_type.varying))
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+        f"implementation must be one of {IMPLEMENTATIONS}, got "
+        f"{implementation!r}.")
+  if jax.typeof(keys).manual_axis_type.varying:
+    # Inside shard_map or pmap, several CPU devices of one process calling
+    # back into Python while others wait in a collective can deadlock; XLA's
+    # sort is slower there but safe (and it is the fast one on GPU and TPU).
+    return _argsort_xla(keys)
   if implementation == "numpy":
-    return callback(keys)
+    return _argsort_callback(keys)
   if implementation == "xla":
     return _argsort_xla(keys)
-  if implementation == "auto":
-    return lax.platform_dependent(keys, cpu=callback, default=_argsort_xla)
-  raise ValueError(
-      f"implementation must be one of {IMPLEMENTATIONS}, got "
-      f"{implementation!r}.")
+  return lax.platform_dependent(keys, cpu=_argsort_callback,
+                                default=_argsort_xla)

@@ -17,7 +17,9 @@ from absl import logging
 from flax import nnx
 from flax import struct
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
@@ -28,6 +30,7 @@ from tripletjax import evaluation
 from tripletjax import health
 from tripletjax import losses
 from tripletjax import models
+from tripletjax import parallel
 from tripletjax import sampling
 from tripletjax import writers
 
@@ -77,57 +80,87 @@ def random_shift(images: jax.Array, key: jax.Array, max_shift: int
   return jax.vmap(crop)(padded, offsets)
 
 
-def compute_loss(embeddings: jax.Array, labels: jax.Array, config: Config
+def compute_loss(embeddings: jax.Array, labels: jax.Array, config: Config, *,
+                 axis_name: str | None = None
                  ) -> tuple[jax.Array, losses.Metrics]:
   """The configured loss of a batch of embeddings.
 
   Args:
-    embeddings: ``[B, D]``; for ``random_triplets`` the anchors, positives and
-      negatives in thirds.
-    labels: ``[B]``.
-    config: names the loss, margin and metric.
+    embeddings: ``[B, D]``; for ``random_triplets`` rows ``3i, 3i+1, 3i+2``
+      are anchor, positive and negative of triplet ``i``.
+    labels: ``[B]``; < 0 marks padding rows.
+    config: names the loss, margin, metric and mining scope.
+    axis_name: the mapped axis the batch is split along, if any. Global
+      mining mines the whole batch across it; local mining mines each
+      device's shard alone and averages the losses.
 
   Returns:
-    ``(loss, metrics)``.
+    ``(loss, metrics)``, the same on every device.
   """
   if config.loss == config_lib.RANDOM_TRIPLETS:
-    anchors, positives, negatives = jnp.split(embeddings, 3)
-    return losses.triplet_margin_loss(anchors, positives, negatives,
-                                      margin=config.margin,
-                                      metric=config.metric)
-  return losses.MINING_LOSSES[config.loss](embeddings, labels,
-                                           margin=config.margin,
-                                           metric=config.metric)
+    triplets = embeddings.reshape(-1, 3, embeddings.shape[-1])
+    loss, metrics = losses.triplet_margin_loss(
+        triplets[:, 0], triplets[:, 1], triplets[:, 2], margin=config.margin,
+        metric=config.metric)
+  elif config.mining_scope == "global":
+    return losses.MINING_LOSSES[config.loss](
+        embeddings, labels, margin=config.margin, metric=config.metric,
+        axis_name=axis_name)
+  else:
+    loss, metrics = losses.MINING_LOSSES[config.loss](
+        embeddings, labels, margin=config.margin, metric=config.metric)
+  if axis_name is not None:
+    loss, metrics = jax.lax.pmean((loss, metrics), axis_name)
+  return loss, metrics
 
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-               config: Config) -> tuple[TrainState, dict[str, jax.Array]]:
+               config: Config, mesh: jax.sharding.Mesh | None = None,
+               axis_name: str | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimiser update on a batch.
 
   Args:
     state: the train state.
     images: ``uint8 [B, H, W, C]``.
-    labels: ``int32 [B]``.
+    labels: ``int32 [B]``, < 0 for padding rows.
     graphdef: the model's structure (from `nnx.split`).
     tx: the optimiser.
-    config: loss, margin, metric, augmentation and seed.
+    config: loss, margin, metric, mining scope, augmentation and seed.
+    mesh: under `jax.jit` over a mesh of several devices: the batch is
+      sharded along its ``data`` axis and the loss runs in `jax.shard_map`
+      across it.
+    axis_name: under `jax.pmap`: the mapped axis; gradients are averaged
+      over it.
 
   Returns:
     The new state and the step's metrics (scalars): the loss's metrics plus
     ``loss`` and ``grad_norm``.
   """
   key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+  if axis_name is not None:  # Each device shifts its own images.
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+  loss_of = functools.partial(compute_loss, config=config, axis_name=axis_name)
+  if mesh is not None and mesh.size > 1:
+    axis = parallel.DATA_AXIS
+    loss_of = jax.shard_map(
+        functools.partial(compute_loss, config=config, axis_name=axis),
+        mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P())
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params)
     x = data.normalize(images)
     if config.augment_shift:
       x = random_shift(x, key, config.augment_shift)
-    return compute_loss(model(x), labels, config)
+    return loss_of(model(x), labels)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
+  if axis_name is not None:
+    # Each device holds the gradient of the (global) loss through its own
+    # images; their mean is the gradient of the loss.
+    grads = jax.lax.pmean(grads, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -148,11 +181,26 @@ def _sampler(config: Config, labels: np.ndarray):
   if config.loss == config_lib.RANDOM_TRIPLETS:
     return sampling.TripletSampler(
         labels, triplets_per_batch=config.triplets_per_batch, seed=config.seed,
-        process_index=jax.process_index(), dataset_name=config.dataset)
+        dataset_name=config.dataset)
   return sampling.PKSampler(
       labels, classes_per_batch=config.classes_per_batch,
       examples_per_class=config.examples_per_class, seed=config.seed,
-      process_index=jax.process_index(), dataset_name=config.dataset)
+      dataset_name=config.dataset)
+
+
+def local_batch(config: Config, sampler, split: data.Split, step: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """This process's rows of global batch `step`: ``(images, labels)``.
+
+  The global batch is padded with rows of label -1 to a multiple of the
+  number of devices; random triplets must split evenly instead.
+  """
+  indices = sampler(step)
+  size = parallel.padded_batch_size(len(indices), jax.device_count())
+  indices, real = parallel.pad_batch(indices, size)
+  mine = parallel.process_slice(size)
+  indices, real = indices[mine], real[mine]
+  return split.images[indices], np.where(real, split.labels[indices], -1)
 
 
 def evaluate(embed_fn, params: nnx.State, train: data.Split,
@@ -224,7 +272,19 @@ def train_and_evaluate(
   _prepare_workdir(workdir, config, allow_config_change=allow_config_change)
   is_main = jax.process_index() == 0
 
-  # Input.
+  devices = parallel.create(config.parallelism)
+  if config.loss == config_lib.RANDOM_TRIPLETS and (
+      config.triplets_per_batch % jax.device_count()):
+    raise ValueError(
+        f"triplets_per_batch ({config.triplets_per_batch}) must be a multiple "
+        f"of the number of devices ({jax.device_count()}).")
+
+  # Input. The first process prepares the dataset, the others wait for it.
+  if jax.process_count() > 1:
+    if is_main:
+      data.prepare(config.dataset, data_dir=config.data_dir,
+                   manual_dir=config.manual_dir)
+    multihost_utils.sync_global_devices("dataset prepared")
   train = data.load(config.dataset, config.train_split,
                     data_dir=config.data_dir, manual_dir=config.manual_dir)
   test = data.load(config.dataset, config.test_split,
@@ -247,21 +307,28 @@ def train_and_evaluate(
                      opt_state=tx.init(params))
   logging.info("Model %s: %d parameters.", config.model,
                sum(x.size for x in jax.tree.leaves(params)))
+  state = devices.place_state(state)
+  logging.info("%d devices in %d processes (%s); mining scope: %s.",
+               jax.device_count(), jax.process_count(), config.parallelism,
+               config.mining_scope)
 
   # Checkpoint: resume from the latest one.
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
       keep=config.keep_checkpoints)
-  restored = checkpointer.restore_latest(state)
+  restored = checkpointer.restore_latest(devices.host_state(state))
   if restored is not None:
-    state = restored[1]
+    state = devices.place_state(restored[1])
     logging.info("Resumed from the checkpoint of step %d.", restored[0])
-  first_step = int(state.step)
+  first_step = int(devices.host_state(state).step)
 
   # Compiled functions.
-  step_fn = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx,
-                                      config=config), donate_argnums=0)
+  step_fn = devices.compile(functools.partial(train_step, graphdef=graphdef,
+                                              tx=tx, config=config))
   embed_fn = jax.jit(functools.partial(embed_images, graphdef=graphdef))
+
+  def current_params():  # One host copy, for evaluation on a local device.
+    return jax.device_get(devices.host_state(state).params)
 
   # Loop.
   writer = writers.create_default_writer(workdir, enabled=is_main)
@@ -273,7 +340,8 @@ def train_and_evaluate(
 
   def read_back(pending):
     step, metrics = pending
-    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    metrics = {k: float(v) for k, v in
+               jax.device_get(devices.metrics(metrics)).items()}
     health.check_finite(step, metrics)
     writer.write_scalars(step, metrics)
     reporter(step, metrics)
@@ -285,9 +353,8 @@ def train_and_evaluate(
     if should_stop is not None and should_stop(step):
       interrupted = True
       break
-    indices = sampler(step)
-    state, metrics = step_fn(state, train.images[indices],
-                             train.labels[indices])
+    batch = devices.place_batch(*local_batch(config, sampler, train, step))
+    state, metrics = step_fn(state, *batch)
     # Reading the previous step's metrics lets this step run meanwhile.
     if pending is not None:
       read_back(pending)
@@ -299,28 +366,29 @@ def train_and_evaluate(
       read_back(pending)  # Never save or report a non-finite state.
       pending = None
       if save_due or done == config.steps:
-        checkpointer.maybe_save(done, state, force=True)
+        checkpointer.maybe_save(done, devices.host_state(state), force=True)
       if eval_due and done < config.steps:
-        writer.write_scalars(done, evaluate(embed_fn, state.params, train,
-                                            test, config))
+        writer.write_scalars(done, evaluate(embed_fn, current_params(),
+                                            train, test, config))
   if pending is not None:
     read_back(pending)
   train_seconds = time.time() - loop_start
-  checkpointer.maybe_save(int(state.step), state, force=True)
+  last_step = int(devices.host_state(state).step)
+  checkpointer.maybe_save(last_step, devices.host_state(state), force=True)
   checkpointer.close()
   if interrupted:
     writer.close()
-    logging.info("Stopped at step %d; relaunch to resume.", int(state.step))
-    return {"interrupted": True, "steps": int(state.step)}
+    logging.info("Stopped at step %d; relaunch to resume.", last_step)
+    return {"interrupted": True, "steps": last_step}
 
   # Final evaluation.
-  results = evaluate(embed_fn, state.params, train, test, config)
-  writer.write_scalars(int(state.step), results)
+  results = evaluate(embed_fn, current_params(), train, test, config)
+  writer.write_scalars(last_step, results)
   writer.close()
-  steps_run = int(state.step) - first_step
+  steps_run = last_step - first_step
   results = {
       **results,
-      "steps": int(state.step),
+      "steps": last_step,
       "steps_this_run": steps_run,
       "train_seconds_this_run": train_seconds,
       "images_per_second": (steps_run * config.batch_size / train_seconds

@@ -1,0 +1,156 @@
+"""One train step on 1 device, 8 devices under jit and 8 under pmap.
+
+Each test runs in its own process: the number of simulated CPU devices must
+be set before JAX starts.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from tests import reliability_test
+from tests import train_test
+from tripletjax import config as config_lib
+from tripletjax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(script, devices=8, timeout=600):
+  env = {**os.environ, "PYTHONPATH": str(REPO),
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)],
+                          cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+  assert result.returncode == 0, result.stderr[-5000:]
+  return result.stdout
+
+
+STEP_SCRIPT = """
+    import functools
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from flax import nnx
+    from tripletjax import config as config_lib, models, parallel, train
+
+    assert jax.device_count() == 8
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8)
+    labels = np.repeat(np.arange(8), 4).astype(np.int32)
+    labels[[3, 30]] = -1  # Padding rows.
+    model = models.create("cnn", image_shape=(8, 8, 1), seed=0, widths=(4,),
+                          hidden_dim=16, embedding_dim=8)
+    graphdef, params = nnx.split(model)
+    tx = optax.sgd(1.0)  # The update is minus the gradient.
+    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                             opt_state=tx.init(params))
+
+    def run(config, how):
+      step = functools.partial(train.train_step, graphdef=graphdef, tx=tx,
+                               config=config)
+      # Random triplets: 8 whole triplets, one per device.
+      rows = 24 if config.loss == config_lib.RANDOM_TRIPLETS else 32
+      batch = images[:rows], labels[:rows]
+      if how == "one":
+        new, metrics = jax.jit(step)(state, *batch)
+        return float(metrics["loss"]), new.params
+      devices = parallel.create(how)
+      new, metrics = devices.compile(step)(
+          devices.place_state(state), *devices.place_batch(*batch))
+      return (float(devices.metrics(metrics)["loss"]),
+              devices.host_state(new).params)
+
+    def close(a, b):
+      return all(np.allclose(x, y, rtol=1e-4, atol=1e-6)
+                 for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    for name in config_lib.LOSS_NAMES:
+      config = config_lib.Config(loss=name, margin=0.3, augment_shift=0)
+      loss, params = run(config, "one")
+      for how in ("jit", "pmap"):
+        other_loss, other_params = run(config, how)
+        assert np.isclose(other_loss, loss, rtol=1e-5), (name, how, loss,
+                                                         other_loss)
+        assert close(other_params, params), (name, how)
+      if name == config_lib.RANDOM_TRIPLETS:
+        print(name, "ok")
+        continue
+      # Mining each device's 4 rows alone: the mean of the shards' losses.
+      local = config.replace(mining_scope="local")
+      shard_losses = []
+      for i in range(8):
+        rows = slice(4 * i, 4 * i + 4)
+        emb = nnx.merge(graphdef, state.params)(
+            images[rows].astype(np.float32) / 255)
+        shard_losses.append(float(train.compute_loss(
+            emb, labels[rows], local)[0]))
+      for how in ("jit", "pmap"):
+        local_loss, _ = run(local, how)
+        assert np.isclose(local_loss, np.mean(shard_losses), rtol=1e-5), (
+            name, how, local_loss, np.mean(shard_losses))
+        assert not np.isclose(local_loss, loss, rtol=1e-3), (name, how)
+      print(name, "ok")
+"""
+
+
+def test_one_step_same_on_one_and_eight_devices():
+  out = run_script(STEP_SCRIPT)
+  assert out.count(" ok") == len(config_lib.LOSS_NAMES), out
+
+
+def test_batch_all_with_a_global_batch_of_8192_on_eight_devices():
+  out = run_script("""
+    import jax, numpy as np
+    from jax.sharding import PartitionSpec as P
+    from tripletjax import losses, parallel
+    mesh = parallel.make_mesh()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8192, 64)).astype(np.float32)
+    y = rng.integers(0, 512, 8192).astype(np.int32)
+    fn = jax.shard_map(
+        lambda e, l: losses.batch_all_triplet_loss(
+            e, l, margin=0.2, axis_name="data")[0],
+        mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P())
+    step = jax.jit(jax.value_and_grad(fn))
+    memory = step.lower(x, y).compile().memory_analysis()
+    loss, grad = step(x, y)
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    # Per device: its 1024 anchor rows against all 8192, never 8192^3.
+    print("temp MiB per device", memory.temp_size_in_bytes / 2**20)
+    assert memory.temp_size_in_bytes < 20 * 1024 * 8192 * 4
+  """)
+  assert "temp MiB" in out
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_reach_the_parameters_of_one(dataset_dirs, tmp_path):
+  steps = 6
+  single = tmp_path / "single"
+  config = train_test.tiny_config(dataset_dirs, steps=steps,
+                                  checkpoint_every=0, augment_shift=0)
+  two = tmp_path / "two"
+  port = free_port()
+  flags = reliability_test.job_flags(dataset_dirs, two, steps=steps,
+                                     checkpoint_every=0, augment_shift=0,
+                                     keep_checkpoints=3)
+  jobs = [reliability_test.start_job(
+      [*flags, f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}"]) for i in range(2)]
+  outputs = [job.communicate(timeout=300)[0] for job in jobs]
+  for job, output in zip(jobs, outputs):
+    assert job.returncode == 0, output[-4000:]
+  assert "2 devices in 2 processes" in outputs[0]
+  train.train_and_evaluate(config, str(single))
+  want = reliability_test.final_params(config, single)
+  got = reliability_test.final_params(config, two)
+  for a, b in zip(want, got):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

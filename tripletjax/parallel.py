@@ -1,0 +1,153 @@
+"""Devices: the data-parallel mesh, global batches, multi-host start-up.
+
+Two ways to run a step on many devices, chosen by ``Config.parallelism``:
+
+* ``"jit"`` (default): one program over a ``('data',)`` mesh of every device
+  of every process; the batch is sharded along ``data``, the state
+  replicated, and XLA inserts the collectives.
+* ``"pmap"``: the same pure step under `jax.pmap` over this process's
+  devices, gradients averaged with `lax.pmean`.
+
+Every process draws the same global batch indices (they depend on the seed
+and step only) and feeds its own contiguous slice of them, so a run gives the
+same batches on one process or many.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+DATA_AXIS = "data"
+PARALLELISMS = ("jit", "pmap")
+MINING_SCOPES = ("global", "local")
+
+
+def initialize(coordinator_address: str | None = None,
+               num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """Starts JAX's multi-process runtime; call before any other JAX call.
+
+  With no arguments JAX detects the cluster (Cloud TPU pods, SLURM, Open
+  MPI, Kubernetes); on other machines give all three.
+  """
+  # Collectives between CPU processes (tests, CPU clusters) go through gloo.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D ``('data',)`` mesh over every device of every process.
+
+  The axis type is Auto: pairwise mining (``labels[:, None] == labels``)
+  on a batch-sharded array needs XLA's sharding propagation.
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def padded_batch_size(batch_size: int, num_devices: int) -> int:
+  """The smallest multiple of `num_devices` that holds `batch_size` rows."""
+  return -(-batch_size // num_devices) * num_devices
+
+
+def pad_batch(indices: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pads example indices to `size`; returns them and a mask of real rows."""
+  real = np.zeros(size, bool)
+  real[:len(indices)] = True
+  return np.concatenate([indices, np.zeros(size - len(indices),
+                                           indices.dtype)]), real
+
+
+def process_slice(size: int) -> slice:
+  """This process's contiguous share of a global batch of `size` rows."""
+  count, index = jax.process_count(), jax.process_index()
+  if size % count:
+    raise ValueError(f"A global batch of {size} rows does not split over "
+                     f"{count} processes.")
+  share = size // count
+  return slice(index * share, (index + 1) * share)
+
+
+def global_array(mesh: jax.sharding.Mesh, local: np.ndarray) -> jax.Array:
+  """The global batch-sharded array whose rows this process holds `local`."""
+  return jax.make_array_from_process_local_data(batch_sharded(mesh), local)
+
+
+class JitParallel:
+  """One jitted program over the mesh of all devices (the default)."""
+
+  def __init__(self):
+    self.mesh = make_mesh()
+
+  def place_state(self, state):
+    """The train state, replicated on every device."""
+    return jax.device_put(jax.tree.map(np.asarray, state),
+                          replicated(self.mesh))
+
+  def host_state(self, state):
+    """The state as one copy (for checkpoints and evaluation)."""
+    return state
+
+  def place_batch(self, *local_arrays: np.ndarray):
+    """This process's rows of the global batch, as global arrays."""
+    return tuple(global_array(self.mesh, a) for a in local_arrays)
+
+  def compile(self, step_fn):
+    """`step_fn(state, *batch, mesh=...)` jitted, the state donated."""
+    return jax.jit(functools.partial(step_fn, mesh=self.mesh),
+                   donate_argnums=0)
+
+  def metrics(self, metrics):
+    return metrics
+
+
+class PmapParallel:
+  """The step under `jax.pmap` over this process's devices."""
+
+  def __init__(self):
+    self.local_devices = jax.local_device_count()
+
+  def place_state(self, state):
+    return jax.tree.map(
+        lambda x: np.broadcast_to(np.asarray(x),
+                                  (self.local_devices, *np.shape(x))), state)
+
+  def host_state(self, state):
+    return jax.tree.map(lambda x: x[0], state)
+
+  def place_batch(self, *local_arrays: np.ndarray):
+    return tuple(a.reshape(self.local_devices, -1, *a.shape[1:])
+                 for a in local_arrays)
+
+  def compile(self, step_fn):
+    """`step_fn(state, *batch, axis_name=...)` pmapped, the state donated."""
+    return jax.pmap(functools.partial(step_fn, axis_name=DATA_AXIS),
+                    axis_name=DATA_AXIS, donate_argnums=0)
+
+  def metrics(self, metrics):
+    return jax.tree.map(lambda x: x[0], metrics)
+
+
+def create(parallelism: str):
+  """The execution strategy named by ``Config.parallelism``."""
+  if parallelism == "jit":
+    return JitParallel()
+  if parallelism == "pmap":
+    return PmapParallel()
+  raise ValueError(f"parallelism must be one of {PARALLELISMS}, got "
+                   f"{parallelism!r}.")
