@@ -7,10 +7,13 @@ importing JAX costs). Time is the median over repeats after compilation.
   python -m experiments.benchmark_losses
   python -m experiments.benchmark_losses --losses=batch_all \
       --batch_sizes=4096 --dim=64
+  python -m experiments.benchmark_losses --losses=batch_all \
+      --batch_sizes=8192 --devices=8   # XLA temp is then per device
 """
 
 import json
 import multiprocessing
+import os
 import resource
 import statistics
 import time
@@ -27,15 +30,27 @@ _DIM = flags.DEFINE_integer("dim", 64, "Embedding dimension D.")
 _CLASSES = flags.DEFINE_integer("classes", 64, "Number of classes in a batch.")
 _METRIC = flags.DEFINE_string("metric", "euclidean", "Distance metric.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats after compiling.")
+_DEVICES = flags.DEFINE_integer(
+    "devices", 1,
+    "Split the batch over this many devices (simulated CPU devices on a "
+    "CPU) with global mining in shard_map, as the trainer does.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
 
 
 def _measure(loss_name: str, batch: int, dim: int, classes: int, metric: str,
-             repeats: int) -> dict:
+             repeats: int, devices: int) -> dict:
   """Runs in a child process: compiles, times and measures one loss."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import tripletjax  # pylint: disable=g-import-not-at-top
+  if devices > 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count="
+                               f"{devices}")
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import PartitionSpec as P
+  import tripletjax
+  from tripletjax import parallel
+  # pylint: enable=g-import-not-at-top
 
   key_x, key_y = jax.random.split(jax.random.key(0))
   x = jax.random.normal(key_x, (batch, dim))
@@ -46,8 +61,14 @@ def _measure(loss_name: str, batch: int, dim: int, classes: int, metric: str,
       return tripletjax.triplet_margin_loss(a, p, n, margin=0.2, metric=metric)
   else:
     def loss_fn(e, y):
-      return tripletjax.MINING_LOSSES[loss_name](e, y, margin=0.2,
-                                                  metric=metric)
+      return tripletjax.MINING_LOSSES[loss_name](
+          e, y, margin=0.2, metric=metric,
+          axis_name=parallel.DATA_AXIS if devices > 1 else None)
+    if devices > 1:
+      assert jax.device_count() == devices
+      loss_fn = jax.shard_map(loss_fn, mesh=parallel.make_mesh(),
+                              in_specs=(P(parallel.DATA_AXIS),) * 2,
+                              out_specs=P())
   step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   start = time.perf_counter()
   compiled = step.lower(x, labels).compile()
@@ -66,6 +87,7 @@ def _measure(loss_name: str, batch: int, dim: int, classes: int, metric: str,
       "metric": metric,
       "seconds": statistics.median(times),
       "compile_seconds": compile_s,
+      "devices": devices,
       "xla_temp_mib": memory.temp_size_in_bytes / 2**20 if memory else None,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
@@ -84,7 +106,7 @@ def main(argv):
       with context.Pool(1) as pool:
         row = pool.apply(_measure, (loss_name, batch, _DIM.value,
                                     _CLASSES.value, _METRIC.value,
-                                    _REPEATS.value))
+                                    _REPEATS.value, _DEVICES.value))
       rows.append(row)
       print(f"{loss_name:<16}{batch:>6}{row['seconds']:>10.4f}"
             f"{row['compile_seconds']:>13.2f}{row['xla_temp_mib']:>16.1f}"

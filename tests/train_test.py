@@ -76,8 +76,8 @@ def test_workdir_with_other_config_is_refused(dataset_dirs, tmp_path):
   config = tiny_config(dataset_dirs, steps=2, warmup_steps=0,
                        checkpoint_every=0)
   train.train_and_evaluate(config, str(tmp_path))
-  with pytest.raises(ValueError, match=r"margin: 0\.2 -> 0\.5"):
-    train.train_and_evaluate(config.replace(margin=0.5), str(tmp_path))
+  with pytest.raises(ValueError, match=r"margin: 0\.5 -> 0\.7"):
+    train.train_and_evaluate(config.replace(margin=0.7), str(tmp_path))
 
 
 @pytest.mark.parametrize("loss", config_lib.LOSS_NAMES)

@@ -42,13 +42,13 @@ class Config:
   normalize_embeddings: bool = True
   # Loss and mining.
   loss: str = "batch_all"
-  margin: float = 0.2
+  margin: float = 0.5
   metric: str = "euclidean"
   classes_per_batch: int = 10  # P.
   examples_per_class: int = 25  # K.
   triplets_per_batch: int = 85  # Batch of the random_triplets loss.
   # Optimisation.
-  steps: int = 2000
+  steps: int = 3000
   learning_rate: float = 1e-3
   warmup_steps: int = 100
   weight_decay: float = 0.0
