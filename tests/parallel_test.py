@@ -145,7 +145,7 @@ def test_two_processes_reach_the_parameters_of_one(dataset_dirs, tmp_path):
   jobs = [reliability_test.start_job(
       [*flags, f"--coordinator_address=127.0.0.1:{port}",
        "--num_processes=2", f"--process_id={i}"]) for i in range(2)]
-  outputs = [job.communicate(timeout=300)[0] for job in jobs]
+  outputs = [job.communicate(timeout=600)[0] for job in jobs]
   for job, output in zip(jobs, outputs):
     assert job.returncode == 0, output[-4000:]
   assert "2 devices in 2 processes" in outputs[0]

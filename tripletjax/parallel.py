@@ -40,6 +40,22 @@ def initialize(coordinator_address: str | None = None,
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes,
                              process_id=process_id)
+  barrier("tripletjax: all processes started")
+
+
+def barrier(name: str, timeout_seconds: int = 900) -> None:
+  """Waits until every process has reached the barrier `name` (used once).
+
+  This is the coordination service's barrier, not a collective: processes
+  may arrive minutes apart (one preparing a dataset, one slowed by a busy
+  machine), where the first collective of a CPU run gives up after 30 s.
+  """
+  if jax.process_count() == 1:
+    return
+  # No public API in jax 0.10; JAX's own multi-process tests use this one.
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(name,
+                                                  timeout_seconds * 1000)
 
 
 def make_mesh() -> jax.sharding.Mesh:

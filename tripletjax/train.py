@@ -17,7 +17,6 @@ from absl import logging
 from flax import nnx
 from flax import struct
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import numpy as np
@@ -284,7 +283,7 @@ def train_and_evaluate(
     if is_main:
       data.prepare(config.dataset, data_dir=config.data_dir,
                    manual_dir=config.manual_dir)
-    multihost_utils.sync_global_devices("dataset prepared")
+    parallel.barrier("tripletjax: dataset prepared")
   train = data.load(config.dataset, config.train_split,
                     data_dir=config.data_dir, manual_dir=config.manual_dir)
   test = data.load(config.dataset, config.test_split,
@@ -312,7 +311,9 @@ def train_and_evaluate(
                jax.device_count(), jax.process_count(), config.parallelism,
                config.mining_scope)
 
-  # Checkpoint: resume from the latest one.
+  # Checkpoint: resume from the latest one. (Orbax's first collective, so
+  # the processes line up first.)
+  parallel.barrier("tripletjax: state ready")
   checkpointer = checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
       keep=config.keep_checkpoints)
