@@ -11,6 +11,7 @@ import pytest
 
 from tripletjax import checkpointing
 from tripletjax import config as config_lib
+from tripletjax import data
 from tripletjax import models
 from tripletjax import train
 
@@ -83,7 +84,6 @@ def test_workdir_with_other_config_is_refused(dataset_dirs, tmp_path):
 @pytest.mark.parametrize("loss", config_lib.LOSS_NAMES)
 def test_each_loss_lowers_its_loss(dataset_dirs, loss):
   """A few steps on one fixed batch must lower every loss."""
-  from tripletjax import data, sampling  # pylint: disable=g-import-not-at-top
   config = tiny_config(dataset_dirs, loss=loss, augment_shift=0,
                        learning_rate=3e-3, warmup_steps=0, steps=100,
                        margin=0.5)
@@ -105,7 +105,6 @@ def test_each_loss_lowers_its_loss(dataset_dirs, loss):
     state, metrics = step(state)
     first = float(metrics["loss"]) if first is None else first
   assert float(metrics["loss"]) < 0.7 * first, (first, metrics["loss"])
-  del sampling
 
 
 def test_random_shift_moves_pixels_within_bounds():

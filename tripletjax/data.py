@@ -50,10 +50,6 @@ class Split:
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.images.shape[1:])
 
-  def take(self, indices: np.ndarray) -> Split:
-    """The examples at `indices`, in that order."""
-    return Split(self.images[indices], self.labels[indices], self.num_classes)
-
 
 def resolve_manual_dir(name: str, manual_dir: str | None) -> str | None:
   """The manual directory for dataset `name`: ``<dir>/<name>`` if it exists."""

@@ -1,4 +1,4 @@
-"""Where metrics go: JSON lines, TensorBoard, the log; and progress reports.
+"""Where metrics go: JSON lines and TensorBoard; and progress lines.
 
 One small interface (`MetricWriter`) with implementations that compose
 (`MultiWriter`), after CLU's metric writers.
@@ -63,20 +63,6 @@ class TensorBoardWriter:
 
   def close(self) -> None:
     self._writer.close()
-
-
-class LoggingWriter:
-  """One log line per call, names sorted."""
-
-  def __init__(self, prefix: str = ""):
-    self._prefix = prefix
-
-  def write_scalars(self, step: int, scalars: Scalars) -> None:
-    values = ", ".join(f"{k}={_format(v)}" for k, v in sorted(scalars.items()))
-    logging.info("%s[%d] %s", self._prefix, step, values)
-
-  def close(self) -> None:
-    pass
 
 
 class MultiWriter:
