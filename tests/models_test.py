@@ -2,6 +2,7 @@
 
 from absl.testing import absltest
 from absl.testing import parameterized
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +32,16 @@ class ModelsTest(parameterized.TestCase):
     # conv 1->32, conv 32->64, dense 7*7*64->256, dense 256->64.
     self.assertEqual(count, (9 * 32 + 32) + (9 * 32 * 64 + 64)
                      + (3136 * 256 + 256) + (256 * 64 + 64))
+
+  @parameterized.parameters((8, 8), (7, 9))
+  def test_max_pool_matches_flax(self, height, width):
+    x = jax.random.normal(jax.random.key(0), (3, height, width, 5))
+    want_fn = lambda v: nnx.max_pool(v, window_shape=(2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(models.max_pool_2x2(x), want_fn(x))
+    # Without ties (random normals) the gradients agree exactly.
+    cotangent = jax.random.normal(jax.random.key(1), want_fn(x).shape)
+    grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * cotangent))(x)
+    np.testing.assert_array_equal(grad(models.max_pool_2x2), grad(want_fn))
 
   def test_l2_normalize_zero_row_has_finite_gradient(self):
     grad = jax.grad(lambda x: models.l2_normalize(x).sum())(jnp.zeros((1, 3)))

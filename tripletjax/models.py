@@ -21,6 +21,28 @@ def l2_normalize(x: jax.Array) -> jax.Array:
                    0.0)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling with stride 2 ("VALID": an odd last row or column is
+  dropped), written as a reshape and a max.
+
+  Same values as ``nnx.max_pool(x, (2, 2), strides=(2, 2))``. Its gradient
+  is a cheap elementwise select, where XLA's CPU backend lowers the
+  gradient of `lax.reduce_window` to ``select_and_scatter``, which took
+  115 of the 164 ms of a reference train step (batch 256) on a 2-core CPU.
+  At tied maxima the gradient is shared among the tied inputs instead of
+  going to the first one.
+
+  Args:
+    x: ``[B, H, W, C]``.
+
+  Returns:
+    ``[B, H // 2, W // 2, C]``.
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class CNN(nnx.Module):
   """3x3 convolutions with ReLU and 2x2 max-pooling, then two dense layers.
 
@@ -50,7 +72,7 @@ class CNN(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for conv in self.convs:
-      x = nnx.max_pool(nnx.relu(conv(x)), window_shape=(2, 2), strides=(2, 2))
+      x = max_pool_2x2(nnx.relu(conv(x)))
     x = nnx.relu(self.hidden(x.reshape(x.shape[0], -1)))
     x = self.out(x)
     return l2_normalize(x) if self.normalize else x
