@@ -34,11 +34,14 @@ _DEVICES = flags.DEFINE_integer(
     "devices", 1,
     "Split the batch over this many devices (simulated CPU devices on a "
     "CPU) with global mining in shard_map, as the trainer does.")
+_SORT = flags.DEFINE_enum(
+    "sort_implementation", "auto", ["auto", "numpy", "xla"],
+    "How batch_all and semihard sort (tripletjax.sorting.argsort_rows).")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
 
 
 def _measure(loss_name: str, batch: int, dim: int, classes: int, metric: str,
-             repeats: int, devices: int) -> dict:
+             repeats: int, devices: int, sort_implementation: str) -> dict:
   """Runs in a child process: compiles, times and measures one loss."""
   if devices > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -60,10 +63,12 @@ def _measure(loss_name: str, batch: int, dim: int, classes: int, metric: str,
       a, p, n = jnp.split(e[: batch - batch % 3], 3)
       return tripletjax.triplet_margin_loss(a, p, n, margin=0.2, metric=metric)
   else:
+    sorts = loss_name in ("batch_all", "semihard")
     def loss_fn(e, y):
       return tripletjax.MINING_LOSSES[loss_name](
           e, y, margin=0.2, metric=metric,
-          axis_name=parallel.DATA_AXIS if devices > 1 else None)
+          axis_name=parallel.DATA_AXIS if devices > 1 else None,
+          **({"sort_implementation": sort_implementation} if sorts else {}))
     if devices > 1:
       assert jax.device_count() == devices
       loss_fn = jax.shard_map(loss_fn, mesh=parallel.make_mesh(),
@@ -106,7 +111,8 @@ def main(argv):
       with context.Pool(1) as pool:
         row = pool.apply(_measure, (loss_name, batch, _DIM.value,
                                     _CLASSES.value, _METRIC.value,
-                                    _REPEATS.value, _DEVICES.value))
+                                    _REPEATS.value, _DEVICES.value,
+                                    _SORT.value))
       rows.append(row)
       print(f"{loss_name:<16}{batch:>6}{row['seconds']:>10.4f}"
             f"{row['compile_seconds']:>13.2f}{row['xla_temp_mib']:>16.1f}"
