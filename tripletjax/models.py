@@ -27,8 +27,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   Same values as ``nnx.max_pool(x, (2, 2), strides=(2, 2))``. Its gradient
   is a cheap elementwise select, where XLA's CPU backend lowers the
-  gradient of `lax.reduce_window` to ``select_and_scatter``, which took
-  115 of the 164 ms of a reference train step (batch 256) on a 2-core CPU.
+  gradient of `lax.reduce_window` to ``select_and_scatter``, the slowest
+  part of the reference CNN's train step on a CPU.
   At tied maxima the gradient is shared among the tied inputs instead of
   going to the first one.
 
