@@ -39,7 +39,7 @@ def safe_sqrt(x: jax.Array) -> jax.Array:
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
-def _unit(x: jax.Array) -> jax.Array:
+def l2_normalize(x: jax.Array) -> jax.Array:
   """Rows of `x` scaled to unit norm; zero rows stay zero (finite gradient)."""
   sq_norm = jnp.sum(x * x, axis=-1, keepdims=True)
   nonzero = sq_norm > 0
@@ -84,8 +84,8 @@ def pairwise_distances(
         "x and y must have shapes [N, D] and [M, D], got "
         f"{x.shape} and {y.shape}.")
   if metric == "cosine":
-    xu = _unit(x)
-    yu = xu if same else _unit(y)
+    xu = l2_normalize(x)
+    yu = xu if same else l2_normalize(y)
     dist = jnp.clip(1.0 - _gram(xu, yu), 0.0, 2.0)
   else:
     x_sq = jnp.sum(x * x, axis=1)
@@ -124,7 +124,7 @@ def paired_distances(
     raise ValueError(
         f"x and y must both have shape [N, D], got {x.shape} and {y.shape}.")
   if metric == "cosine":
-    return jnp.clip(1.0 - jnp.sum(_unit(x) * _unit(y), axis=1), 0.0, 2.0)
+    return jnp.clip(1.0 - jnp.sum(l2_normalize(x) * l2_normalize(y), axis=1), 0.0, 2.0)
   diff = x - y
   sq = jnp.sum(diff * diff, axis=1)
   return sq if metric == "squared_euclidean" else safe_sqrt(sq)

@@ -12,13 +12,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-  """Rows scaled to unit norm; a zero row stays zero, with finite gradients."""
-  sq_norm = jnp.sum(x * x, axis=-1, keepdims=True)
-  nonzero = sq_norm > 0
-  return jnp.where(nonzero, x * jax.lax.rsqrt(jnp.where(nonzero, sq_norm, 1.0)),
-                   0.0)
+from tripletjax import distances
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -75,7 +69,7 @@ class CNN(nnx.Module):
       x = max_pool_2x2(nnx.relu(conv(x)))
     x = nnx.relu(self.hidden(x.reshape(x.shape[0], -1)))
     x = self.out(x)
-    return l2_normalize(x) if self.normalize else x
+    return distances.l2_normalize(x) if self.normalize else x
 
 
 class MLP(nnx.Module):
@@ -96,7 +90,7 @@ class MLP(nnx.Module):
     for layer in self.layers:
       x = jnp.tanh(layer(x))
     x = self.out(x)
-    return l2_normalize(x) if self.normalize else x
+    return distances.l2_normalize(x) if self.normalize else x
 
 
 MODELS = {"cnn": CNN, "mlp": MLP}

@@ -2,9 +2,10 @@
 
 Mining sorts every anchor's distances: B rows of B keys. On GPUs and TPUs
 `lax.sort` does this well. XLA's CPU sort calls a comparator per comparison
-and takes 0.7 s (2.3 s with a payload operand) for 4096 rows of 4096 keys on
-a 2-core AVX-512 machine, where NumPy's vectorised sort takes 0.05 s. On the
-CPU backend the sort therefore runs in NumPy through `jax.pure_callback`;
+and is several times slower than NumPy's vectorised sort (compare
+``python -m experiments.benchmark_losses --sort_implementation=xla`` with the
+default). On the CPU backend the sort therefore runs in NumPy through
+`jax.pure_callback`;
 both paths return the same permutation (ties broken by position), so results
 do not depend on the backend.
 """
