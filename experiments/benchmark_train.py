@@ -1,0 +1,189 @@
+r"""Speed of the train step and of embedding, on synthetic data.
+
+Two models, each at several batch sizes:
+
+* ``reference``: the reference CNN (conv 3x3 32 -> pool -> conv 3x3 64 ->
+  pool -> dense 256 -> dense 64, L2-normalised), batch-hard loss, Adam, no
+  augmentation: the network of the PyTorch comparison.
+* ``default``: the main job's model and settings (batch-all loss, random
+  shifts), at the same batch sizes.
+
+Images/s of the train step is the median over timed windows after
+compilation; GFLOP/s counts the FLOPs XLA reports for the compiled step. The
+peak is the CPU's single-precision peak, cores x clock x FLOPs per cycle,
+assuming two FMA pipes (64 FLOPs per cycle with AVX-512, 32 with AVX2); pass
+--peak_gflops where that is wrong.
+
+  python -m experiments.benchmark_train
+  python -m experiments.benchmark_train --batch_sizes=256 --json=train.json
+"""
+
+import functools
+import json
+import os
+import statistics
+import time
+
+from absl import app
+from absl import flags
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import common
+from tripletjax import config as config_lib
+from tripletjax import models
+from tripletjax import train
+
+_MODELS = flags.DEFINE_list("models", ["reference", "default"],
+                            "Which set-ups to time: reference, default.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["256", "512"],
+                                 "Images per train step.")
+_WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows (median kept).")
+_STEPS = flags.DEFINE_integer("steps_per_window", 20, "Steps per window.")
+_EVAL_IMAGES = flags.DEFINE_integer(
+    "eval_images", 10240, "Images embedded to time evaluation.")
+_PEAK = flags.DEFINE_float(
+    "peak_gflops", None, "The device's peak GFLOP/s (default: estimated for "
+    "CPUs from /proc/cpuinfo; none on accelerators).")
+_JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
+
+_EXAMPLES_PER_CLASS = 16
+_IMAGE_SHAPE = (28, 28, 1)
+
+
+def setup(name: str, batch_size: int) -> config_lib.Config:
+  """The `Config` of set-up `name` at `batch_size` (a multiple of 16)."""
+  if batch_size % _EXAMPLES_PER_CLASS:
+    raise ValueError(f"batch sizes must be multiples of "
+                     f"{_EXAMPLES_PER_CLASS}, got {batch_size}.")
+  pk = dict(classes_per_batch=batch_size // _EXAMPLES_PER_CLASS,
+            examples_per_class=_EXAMPLES_PER_CLASS)
+  if name == "reference":
+    return config_lib.Config(loss="batch_hard", augment_shift=0, **pk)
+  if name == "default":
+    return config_lib.Config(**pk)
+  raise ValueError(f"models must be reference or default, got {name!r}.")
+
+
+def cpu_peak_gflops() -> float | None:
+  """Single-precision FMA peak of the visible CPU cores, from /proc/cpuinfo."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      info = f.read()
+  except OSError:
+    return None
+  mhz = [float(line.split(":")[1]) for line in info.splitlines()
+         if line.startswith("cpu MHz")]
+  flags_line = next((line for line in info.splitlines()
+                     if line.startswith("flags")), "")
+  if not mhz:
+    return None
+  # Two FMA pipes; 16 float32 lanes with AVX-512, 8 with AVX2.
+  lanes = 16 if " avx512f" in flags_line else 8 if " fma" in flags_line else 4
+  flops_per_cycle = 2 * 2 * lanes if " fma" in flags_line else 2 * lanes
+  cores = len(os.sched_getaffinity(0))
+  return cores * statistics.median(mhz) / 1e3 * flops_per_cycle
+
+
+def measure_step(config: config_lib.Config, windows: int,
+                 steps_per_window: int) -> dict:
+  """Compile time, FLOPs and images/s of the train step of `config`."""
+  model = models.create(config.model, image_shape=_IMAGE_SHAPE,
+                        seed=config.seed, widths=config.widths,
+                        hidden_dim=config.hidden_dim,
+                        embedding_dim=config.embedding_dim)
+  graphdef, params = nnx.split(model)
+  tx = train.make_optimizer(config)
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=tx.init(params))
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (config.batch_size,
+                                             *_IMAGE_SHAPE), np.uint8))
+  labels = jnp.repeat(jnp.arange(config.classes_per_batch, dtype=jnp.int32),
+                      config.examples_per_class)
+  step = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx,
+                                   config=config), donate_argnums=0)
+  start = time.perf_counter()
+  compiled = step.lower(state, images, labels).compile()
+  compile_seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  state, metrics = compiled(state, images, labels)  # Warm-up.
+  jax.block_until_ready(metrics)
+  rates = []
+  for _ in range(windows):
+    start = time.perf_counter()
+    for _ in range(steps_per_window):
+      state, metrics = compiled(state, images, labels)
+    jax.block_until_ready(metrics)
+    rates.append(steps_per_window * config.batch_size /
+                 (time.perf_counter() - start))
+  images_per_second = statistics.median(rates)
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  return {
+      "compile_seconds": compile_seconds,
+      "images_per_second": images_per_second,
+      "step_ms": 1e3 * config.batch_size / images_per_second,
+      "gflop_per_step": flops / 1e9,
+      "gflops": flops / 1e9 * images_per_second / config.batch_size,
+      "params": state.params,
+      "graphdef": graphdef,
+  }
+
+
+def measure_embedding(graphdef, params, batch_size: int, num_images: int
+                      ) -> float:
+  """Images/s of embedding `num_images` images in batches (after compiling)."""
+  embed = jax.jit(functools.partial(train.embed_images, graphdef=graphdef))
+  images = jnp.zeros((batch_size, *_IMAGE_SHAPE), jnp.uint8)
+  jax.block_until_ready(embed(params, images))
+  calls = max(1, num_images // batch_size)
+  start = time.perf_counter()
+  for _ in range(calls):
+    out = embed(params, images)
+  jax.block_until_ready(out)
+  return calls * batch_size / (time.perf_counter() - start)
+
+
+def main(argv):
+  del argv
+  device = jax.devices()[0]
+  peak = _PEAK.value
+  if peak is None and device.platform == "cpu":
+    peak = cpu_peak_gflops()
+  print(f"Device: {device.device_kind} ({device.platform}), "
+        f"{jax.device_count()} device(s); JAX {jax.__version__}; peak "
+        f"{'unknown' if peak is None else f'{peak:.0f} GFLOP/s'}.")
+  header = (f"{'model':<10}{'batch':>6}{'images/s':>10}{'step (ms)':>11}"
+            f"{'compile (s)':>13}{'GFLOP/step':>12}{'GFLOP/s':>9}"
+            f"{'of peak':>9}{'embed img/s':>13}")
+  print(header)
+  print("-" * len(header))
+  rows = []
+  for name in _MODELS.value:
+    for batch_size in map(int, _BATCH_SIZES.value):
+      config = setup(name, batch_size)
+      result = measure_step(config, _WINDOWS.value, _STEPS.value)
+      embed_rate = measure_embedding(
+          result.pop("graphdef"), result.pop("params"),
+          config.eval_batch_size, _EVAL_IMAGES.value)
+      row = {"model": name, "batch_size": batch_size, **result,
+             "embed_images_per_second": embed_rate,
+             "fraction_of_peak": result["gflops"] / peak if peak else None,
+             "device": device.device_kind, "platform": device.platform}
+      rows.append(row)
+      of_peak = (f"{row['fraction_of_peak']:>8.0%}"
+                 if row["fraction_of_peak"] else f"{'-':>8}")
+      print(f"{name:<10}{batch_size:>6}{row['images_per_second']:>10.0f}"
+            f"{row['step_ms']:>11.1f}{row['compile_seconds']:>13.2f}"
+            f"{row['gflop_per_step']:>12.2f}{row['gflops']:>9.1f} {of_peak}"
+            f"{embed_rate:>13.0f}", flush=True)
+  if _JSON.value:
+    with open(_JSON.value, "w", encoding="utf-8") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  common.run(main)
