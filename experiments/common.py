@@ -29,6 +29,10 @@ _HELP = {
     "manual_dir": "Original download files for offline use: the directory "
                   "itself or one with a sub-directory per dataset "
                   f"(default: ${data.MANUAL_DIR_ENV}).",
+    "image_size": "Resize images to this many pixels square (0: keep).",
+    "train_classes": "Train on these class ids only (empty: all); test "
+                     "images of the others are evaluated as unseen classes "
+                     "(leave-one-out retrieval, few-shot episodes).",
     "model": "Embedding network: cnn or mlp.",
     "embedding_dim": "Size of the embedding.",
     "widths": "CNN: conv widths (one 2x2 pooling each); MLP: hidden widths.",
@@ -51,6 +55,10 @@ _HELP = {
                     "each device mines its own shard.",
     "eval_every": "Evaluate every this many steps (0: only at the end).",
     "eval_batch_size": "Images per embedding call in evaluation.",
+    "knn_ks": "k of the k-NN (majority vote) accuracies reported.",
+    "few_shot_ways": "Classes per few-shot episode (unseen classes).",
+    "few_shot_shots": "Support examples per class: one evaluation each.",
+    "few_shot_episodes": "Few-shot episodes per evaluation.",
     "checkpoint_every": "Checkpoint every this many steps (0: at the end).",
     "keep_checkpoints": "Checkpoints to keep.",
     "log_every_seconds": "Seconds between progress lines.",
@@ -85,12 +93,12 @@ def config_from_flags() -> config_lib.Config:
   values: dict[str, Any] = {}
   for field in dataclasses.fields(config_lib.Config):
     value = flags.FLAGS[field.name].value
-    if field.name == "widths":
+    if field.name in config_lib.TUPLE_FIELDS:
       try:
         value = tuple(int(v) for v in value)
       except ValueError:
-        raise ValueError(
-            f"widths must be integers, got {','.join(value)!r}.") from None
+        raise ValueError(f"{field.name} must be integers, got "
+                         f"{','.join(value)!r}.") from None
     values[field.name] = value
   return config_lib.Config(**values)
 
@@ -99,6 +107,18 @@ def default_workdir(config: config_lib.Config) -> str:
   """``runs/<dataset>-<loss>-<hash>``: the same settings, the same run."""
   digest = hashlib.sha256(config.to_json().encode()).hexdigest()[:8]
   return os.path.join("runs", f"{config.dataset}-{config.loss}-{digest}")
+
+
+def format_metrics(results: dict[str, Any]) -> str:
+  """The evaluation metrics of `results`, one line per group (``test``,
+  ``unseen``, ...)."""
+  groups: dict[str, list[str]] = {}
+  for key, value in results.items():
+    prefix, _, name = key.partition("_")
+    if prefix in ("test", "unseen") and isinstance(value, float):
+      groups.setdefault(prefix, []).append(f"{name} {value:.4f}")
+  return "\n".join(f"{prefix}: {', '.join(items)}"
+                   for prefix, items in groups.items())
 
 
 def _quiet_orbax(record) -> bool:

@@ -65,11 +65,10 @@ def main(argv):
     print(f"Stopped at step {results['steps']} with a checkpoint; the same "
           "command resumes.")
     return
-  print(f"1-NN test accuracy: {results['test_1nn_accuracy']:.4f} "
-        f"after {results['steps']} steps "
+  print(common.format_metrics(results))
+  print(f"after {results['steps']} steps "
         f"({results['wall_seconds_this_run']:.0f} s this run; "
         f"workdir {workdir})")
-
 
 if __name__ == "__main__":
   flags.FLAGS.alsologtostderr = True

@@ -37,11 +37,21 @@ class NearestNeighborsTest(parameterized.TestCase):
     _, index = evaluation.nearest_neighbors(points, points, k=2)
     np.testing.assert_array_equal(index[:4], [[0, 1], [0, 1], [2, 3], [2, 3]])
 
-  def test_one_nn_accuracy(self):
-    refs = np.array([[0.0], [10.0]], np.float32)
-    queries = np.array([[1.0], [9.0], [4.0]], np.float32)
-    self.assertAlmostEqual(evaluation.one_nn_accuracy(
-        queries, [0, 1, 1], refs, [0, 1], metric="euclidean"), 2 / 3)
+  def test_nearest_negatives(self):
+    rng = np.random.default_rng(1)
+    queries = rng.normal(size=(9, 3)).astype(np.float32)
+    refs = rng.normal(size=(20, 3)).astype(np.float32)
+    q_labels, r_labels = rng.integers(0, 3, 9), rng.integers(0, 3, 20)
+    dist, index = evaluation.nearest_neighbors(
+        queries, refs, k=10, labels=(q_labels, r_labels), reference_block=6)
+    full = reference.pairwise_distances(np.concatenate([queries, refs]),
+                                        "euclidean")[:9, 9:]
+    for q in range(9):
+      negatives = [r for r in np.argsort(full[q], kind="stable")
+                   if r_labels[r] != q_labels[q]][:10]
+      want = negatives + [-1] * (10 - len(negatives))
+      np.testing.assert_array_equal(index[q], want)
+      self.assertTrue(np.all(np.isinf(dist[q][len(negatives):])))
 
   def test_embed_pads_the_last_batch(self):
     calls = []

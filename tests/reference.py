@@ -87,3 +87,46 @@ def pair_statistics(dist, labels, embeddings):
       "hardest_negative_distance": min(neg) if neg else 0.0,
       "mean_embedding_norm": norms.mean() if norms.size else 0.0,
   }
+
+
+def retrieval_metrics(queries, query_labels, references, reference_labels,
+                      metric, recall_ks, knn_ks, leave_one_out=False):
+  """Every metric of one query at a time, from its full ranking.
+
+  References are ranked by float64 distance, ties by index (a stable sort).
+  Queries with no relevant reference are skipped.
+  """
+  points = np.concatenate([queries, references])
+  n = len(queries)
+  dist = pairwise_distances(points, metric)[:n, n:]
+  values = {}
+  lone = 0
+  for q in range(n):
+    order = [r for r in np.argsort(dist[q], kind="stable")
+             if not (leave_one_out and r == q)]
+    ranked = [reference_labels[r] for r in order]
+    rel = [label == query_labels[q] for label in ranked]
+    big_r = sum(rel)
+    if big_r == 0:
+      lone += 1
+      continue
+    hits, average_precision = 0, 0.0
+    for i in range(big_r):
+      if rel[i]:
+        hits += 1
+        average_precision += hits / (i + 1)
+    row = {"precision_at_1": float(rel[0]),
+           "r_precision": sum(rel[:big_r]) / big_r,
+           "map_at_r": average_precision / big_r}
+    for k in recall_ks:
+      row[f"recall_at_{k}"] = float(any(rel[:k]))
+    for k in knn_ks:
+      votes = {}
+      for label in ranked[:k]:
+        votes[label] = votes.get(label, 0) + 1
+      best = max(votes.values())
+      winner = next(label for label in ranked[:k] if votes[label] == best)
+      row[f"knn_accuracy_at_{k}"] = float(winner == query_labels[q])
+    for name, value in row.items():
+      values.setdefault(name, []).append(value)
+  return {name: float(np.mean(v)) for name, v in values.items()}, lone

@@ -45,16 +45,35 @@ def test_train_and_evaluate_writes_results(dataset_dirs, tmp_path):
   config = tiny_config(dataset_dirs, eval_every=6)
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 12
-  assert 0.1 < results["test_1nn_accuracy"] <= 1.0
+  assert 0.1 < results["test_knn_accuracy_at_1"] <= 1.0
   with open(tmp_path / "results.json") as f:
-    assert json.load(f)["test_1nn_accuracy"] == results["test_1nn_accuracy"]
+    assert (json.load(f)["test_knn_accuracy_at_1"] ==
+            results["test_knn_accuracy_at_1"])
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [l["step"] for l in lines if "loss" in l] == list(range(1, 13))
-  assert [l["step"] for l in lines if "test_1nn_accuracy" in l] == [6, 12]
+  assert [l["step"] for l in lines if "test_knn_accuracy_at_1" in l] == [6, 12]
   assert set(config_lib.Config.__dataclass_fields__) == set(
       json.load(open(tmp_path / "config.json")))
   assert os.listdir(tmp_path / "tensorboard")
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "4", "8"]
+
+
+def test_held_out_classes_are_evaluated_as_unseen(dataset_dirs, tmp_path):
+  config = tiny_config(dataset_dirs, train_classes=(0, 1, 2, 3, 4),
+                       few_shot_episodes=20, few_shot_shots=(1, 3))
+  results = train.train_and_evaluate(config, str(tmp_path))
+  train_split, test = train.load_data(config)
+  assert set(train_split.labels.tolist()) == {0, 1, 2, 3, 4}
+  seen = int(np.isin(test.labels, [0, 1, 2, 3, 4]).sum())
+  assert results["test_queries"] == seen
+  assert results["unseen_queries"] == len(test) - seen
+  for name in ("test_map_at_r", "unseen_map_at_r", "unseen_recall_at_8",
+               "unseen_5way_1shot_prototype",
+               "unseen_5way_3shot_nearest_neighbor"):
+    assert 0.0 <= results[name] <= 1.0, name
+  assert results["unseen_5way_1shot_prototype_ci95"] > 0
+  with pytest.raises(ValueError, match=r"train_classes \[12\] do not occur"):
+    train.load_data(config.replace(train_classes=(1, 12)))
 
 
 def test_resume_equals_uninterrupted_run(dataset_dirs, tmp_path):

@@ -18,6 +18,7 @@ from tripletjax import models
 from tripletjax import parallel
 
 RANDOM_TRIPLETS = "random_triplets"
+TUPLE_FIELDS = ("widths", "train_classes", "knn_ks", "few_shot_shots")
 LOSS_NAMES = (*losses.MINING_LOSSES, RANDOM_TRIPLETS)
 
 
@@ -34,6 +35,8 @@ class Config:
   test_split: str = "test"
   data_dir: str | None = None  # Where tensorflow-datasets keeps prepared data.
   manual_dir: str | None = None  # Original download files, for offline use.
+  image_size: int = 0  # Resize images to image_size^2 (0: keep their size).
+  train_classes: tuple[int, ...] = ()  # Train on these only (empty: all).
   # Model.
   model: str = "cnn"
   embedding_dim: int = 64
@@ -60,6 +63,10 @@ class Config:
   # Evaluation, checkpoints, logging.
   eval_every: int = 1000
   eval_batch_size: int = 1024
+  knn_ks: tuple[int, ...] = (1, 5)  # k of the k-NN accuracies reported.
+  few_shot_ways: int = 5  # Episodes on classes never trained on.
+  few_shot_shots: tuple[int, ...] = (1, 5)
+  few_shot_episodes: int = 1000
   checkpoint_every: int = 500
   keep_checkpoints: int = 3
   log_every_seconds: float = 10.0
@@ -84,8 +91,9 @@ class Config:
     if unknown:
       raise ValueError(f"Unknown config settings: {', '.join(unknown)}.")
     values = dict(values)
-    if "widths" in values:
-      values["widths"] = tuple(values["widths"])
+    for name in TUPLE_FIELDS:
+      if name in values:
+        values[name] = tuple(values[name])
     return cls(**values)
 
   def to_json(self) -> str:
@@ -121,7 +129,7 @@ def validate(config: Config) -> Config:
            f"{c.dataset!r}.")
   for name in ("embedding_dim", "hidden_dim", "classes_per_batch",
                "triplets_per_batch", "steps", "eval_batch_size",
-               "keep_checkpoints"):
+               "keep_checkpoints", "few_shot_ways", "few_shot_episodes"):
     value = getattr(c, name)
     _require(isinstance(value, int) and value > 0,
              f"{name} must be a positive integer, got {value!r}.")
@@ -134,6 +142,17 @@ def validate(config: Config) -> Config:
   _require(len(c.widths) > 0 and all(
       isinstance(w, int) and w > 0 for w in c.widths),
            f"widths must be positive integers, got {c.widths!r}.")
+  for name in ("knn_ks", "few_shot_shots"):
+    values = getattr(c, name)
+    _require(len(values) > 0 and all(
+        isinstance(v, int) and v > 0 for v in values),
+             f"{name} must be positive integers, got {values!r}.")
+  _require(all(isinstance(v, int) and v >= 0 for v in c.train_classes)
+           and len(set(c.train_classes)) == len(c.train_classes),
+           f"train_classes must be distinct class ids >= 0, got "
+           f"{c.train_classes!r}.")
+  _require(isinstance(c.image_size, int) and c.image_size >= 0,
+           f"image_size must be >= 0 (0: keep), got {c.image_size!r}.")
   _require(c.margin > 0 or (c.margin == 0 and c.loss == "batch_hard_soft"),
            f"margin must be > 0 (0 is allowed for batch_hard_soft), got "
            f"{c.margin!r}.")

@@ -68,7 +68,11 @@ def _hide_accelerators_from_tensorflow() -> None:
 
 
 def _builder(name: str, data_dir: str | None):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
+  from tripletjax import omniglot  # Registers the omniglot_lake builder.
+  # pylint: enable=g-import-not-at-top
+  del omniglot
   try:
     return tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # TFDS raises several types for unknown names.
@@ -111,6 +115,8 @@ def prepare(name: str, *, data_dir: str | None = None,
   try:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except FileNotFoundError:
+    raise
   except Exception as e:  # Network errors come in many types.
     raise RuntimeError(
         f"Could not download or prepare dataset {name!r} ({type(e).__name__}: "
@@ -122,7 +128,7 @@ def prepare(name: str, *, data_dir: str | None = None,
 
 def load(name: str, split: str, *, data_dir: str | None = None,
          manual_dir: str | None = None, image_key: str = "image",
-         label_key: str = "label") -> Split:
+         label_key: str = "label", image_size: int | None = None) -> Split:
   """Loads a whole split into host memory, preparing the dataset if needed.
 
   Args:
@@ -133,6 +139,8 @@ def load(name: str, split: str, *, data_dir: str | None = None,
     manual_dir: original download files, for offline use (see module doc).
     image_key: feature holding the image.
     label_key: feature holding the integer class label.
+    image_size: resize the images to ``image_size x image_size`` (area
+      averaging); None keeps their size.
 
   Returns:
     The split as a `Split`.
@@ -157,8 +165,21 @@ def load(name: str, split: str, *, data_dir: str | None = None,
   if images.dtype != np.uint8:
     raise ValueError(f"Dataset {name!r}: expected uint8 images, got "
                      f"{images.dtype}.")
-  return Split(images=images, labels=np.asarray(arrays[label_key], np.int32),
+  return Split(images=resize(images, image_size), labels=np.asarray(arrays[label_key], np.int32),
                num_classes=features[label_key].num_classes)
+
+
+def resize(images: np.ndarray, size: int | None, *, chunk: int = 4096
+           ) -> np.ndarray:
+  """``uint8 [N, H, W, C]`` images resized to ``[N, size, size, C]`` by area
+  averaging (the anti-aliased way to shrink), in chunks; None: unchanged."""
+  if size is None or images.shape[1:3] == (size, size):
+    return images
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return np.concatenate([
+      np.asarray(tf.cast(tf.round(tf.image.resize(
+          images[i:i + chunk], (size, size), method="area")), tf.uint8))
+      for i in range(0, len(images), chunk)])
 
 
 def normalize(images: jax.Array) -> jax.Array:

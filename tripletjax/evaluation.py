@@ -56,6 +56,7 @@ def nearest_neighbors(
     k: int,
     metric: str = "euclidean",
     exclude_self: bool = False,
+    labels: tuple[jax.Array, jax.Array] | None = None,
     query_block: int = 1024,
     reference_block: int = 8192,
 ) -> tuple[jax.Array, jax.Array]:
@@ -68,6 +69,9 @@ def nearest_neighbors(
     metric: see `tripletjax.distances`.
     exclude_self: queries are the references themselves (leave-one-out):
       query ``i`` never has reference ``i`` as a neighbour.
+    labels: ``(query_labels [Q], reference_labels [R])``: if given, a
+      reference with the query's label is never its neighbour (the nearest
+      negatives); missing neighbours then have distance inf and index -1.
     query_block: queries per block.
     reference_block: references per block; memory is
       ``O(query_block * (reference_block + k))``.
@@ -89,17 +93,26 @@ def nearest_neighbors(
   r_blocks = _pad_rows(references, reference_block).reshape(
       -1, reference_block, references.shape[1])
   r_offsets = jnp.arange(r_blocks.shape[0]) * reference_block
+  if labels is not None:
+    q_labels = _pad_rows(labels[0][:, None], query_block).reshape(
+        -1, query_block)
+    r_labels = _pad_rows(labels[1][:, None], reference_block).reshape(
+        -1, reference_block)
+  else:
+    q_labels = jnp.zeros(q_blocks.shape[:2], jnp.int32)
+    r_labels = jnp.ones(r_blocks.shape[:2], jnp.int32)
 
   def search(args):
-    q, q_offset = args
+    q, q_offset, q_label = args
     q_index = q_offset + jnp.arange(query_block)
 
     def scan_references(best, block):
       best_d, best_i = best
-      r, r_offset = block
+      r, r_offset, r_label = block
       r_index = r_offset + jnp.arange(reference_block)
       d = distances.pairwise_distances(q, r, metric=metric)
-      invalid = (r_index >= num_r)[None, :]
+      invalid = (r_index >= num_r)[None, :] | (
+          q_label[:, None] == r_label[None, :])
       if exclude_self:
         invalid = invalid | (q_index[:, None] == r_index[None, :])
       d = jnp.where(invalid, jnp.inf, d)
@@ -111,19 +124,11 @@ def nearest_neighbors(
 
     init = (jnp.full((query_block, k), jnp.inf),
             jnp.zeros((query_block, k), jnp.int32))
-    best, _ = jax.lax.scan(scan_references, init, (r_blocks, r_offsets))
-    return best
+    (best_d, best_i), _ = jax.lax.scan(scan_references, init,
+                                       (r_blocks, r_offsets, r_labels))
+    return best_d, jnp.where(jnp.isinf(best_d), -1, best_i)
 
   q_offsets = jnp.arange(q_blocks.shape[0]) * query_block
-  best_d, best_i = jax.lax.map(search, (q_blocks, q_offsets))
+  best_d, best_i = jax.lax.map(search, (q_blocks, q_offsets, q_labels))
   return best_d.reshape(-1, k)[:num_q], best_i.reshape(-1, k)[:num_q]
 
-
-def one_nn_accuracy(query_embeddings, query_labels, reference_embeddings,
-                    reference_labels, *, metric: str) -> float:
-  """Fraction of queries whose nearest reference has the query's label."""
-  _, index = nearest_neighbors(jnp.asarray(query_embeddings),
-                               jnp.asarray(reference_embeddings), k=1,
-                               metric=metric)
-  predicted = np.asarray(reference_labels)[np.asarray(index[:, 0])]
-  return float(np.mean(predicted == np.asarray(query_labels)))

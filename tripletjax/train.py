@@ -26,10 +26,12 @@ from tripletjax import checkpointing
 from tripletjax import config as config_lib
 from tripletjax import data
 from tripletjax import evaluation
+from tripletjax import few_shot
 from tripletjax import health
 from tripletjax import losses
 from tripletjax import models
 from tripletjax import parallel
+from tripletjax import retrieval
 from tripletjax import sampling
 from tripletjax import writers
 
@@ -204,14 +206,56 @@ def local_batch(config: Config, sampler, split: data.Split, step: int
 
 def evaluate(embed_fn, params: nnx.State, train: data.Split,
              test: data.Split, config: Config) -> dict[str, float]:
-  """1-NN accuracy of the test split queried against the train split."""
-  embed = functools.partial(embed_fn, params)
-  references = evaluation.embed(embed, train.images,
-                                batch_size=config.eval_batch_size)
-  queries = evaluation.embed(embed, test.images,
-                             batch_size=config.eval_batch_size)
-  return {"test_1nn_accuracy": evaluation.one_nn_accuracy(
-      queries, test.labels, references, train.labels, metric=config.metric)}
+  """Retrieval metrics and few-shot accuracies of the test split.
+
+  Test images of classes trained on (``test_*``) query the train split.
+  Those of classes never trained on (``unseen_*``: held out by
+  ``config.train_classes``, or absent from the train split as in Omniglot)
+  query each other, leave-one-out, and make the few-shot episodes.
+  """
+  embed = functools.partial(evaluation.embed, functools.partial(
+      embed_fn, params), batch_size=config.eval_batch_size)
+  queries = embed(test.images)
+  seen = np.isin(test.labels, train.labels)
+  results = {}
+
+  def add(prefix, values):
+    results.update({f"{prefix}_{k}": v for k, v in values.items()})
+
+  if seen.any():
+    add("test", retrieval.retrieval_metrics(
+        queries[seen], test.labels[seen], embed(train.images), train.labels,
+        metric=config.metric, knn_ks=config.knn_ks))
+  if (~seen).sum() > max(config.knn_ks):
+    unseen_labels = test.labels[~seen]
+    add("unseen", retrieval.retrieval_metrics(
+        queries[~seen], unseen_labels, metric=config.metric,
+        knn_ks=config.knn_ks))
+    for shots in config.few_shot_shots:
+      add(f"unseen_{config.few_shot_ways}way_{shots}shot", few_shot.evaluate(
+          queries[~seen], unseen_labels, ways=config.few_shot_ways,
+          shots=shots, episodes=config.few_shot_episodes, metric=config.metric,
+          seed=config.seed))
+  return results
+
+
+def load_data(config: Config) -> tuple[data.Split, data.Split]:
+  """The train split (only `config.train_classes` if given) and test split."""
+  load = functools.partial(data.load, config.dataset, data_dir=config.data_dir,
+                           manual_dir=config.manual_dir,
+                           image_size=config.image_size or None)
+  train, test = load(config.train_split), load(config.test_split)
+  if config.train_classes:
+    absent = sorted(set(config.train_classes) - set(train.labels.tolist()))
+    if absent:
+      raise ValueError(
+          f"train_classes {absent} do not occur in {config.dataset!r} "
+          f"{config.train_split!r} (labels {train.labels.min()}-"
+          f"{train.labels.max()}).")
+    keep = np.isin(train.labels, config.train_classes)
+    train = data.Split(images=train.images[keep], labels=train.labels[keep],
+                       num_classes=train.num_classes)
+  return train, test
 
 
 def _prepare_workdir(workdir: str, config: Config, *,
@@ -284,10 +328,7 @@ def train_and_evaluate(
       data.prepare(config.dataset, data_dir=config.data_dir,
                    manual_dir=config.manual_dir)
     parallel.barrier("tripletjax: dataset prepared")
-  train = data.load(config.dataset, config.train_split,
-                    data_dir=config.data_dir, manual_dir=config.manual_dir)
-  test = data.load(config.dataset, config.test_split,
-                   data_dir=config.data_dir, manual_dir=config.manual_dir)
+  train, test = load_data(config)
   sampler = _sampler(config, train.labels)
   logging.info("%s: %d train and %d test images of shape %s, %d classes.",
                config.dataset, len(train), len(test), train.image_shape,

@@ -1,0 +1,78 @@
+"""Few-shot episodes: sampling invariants and accuracies by brute force."""
+
+from absl.testing import absltest
+import numpy as np
+
+from tripletjax import few_shot
+
+
+class SampleEpisodesTest(absltest.TestCase):
+
+  def test_episodes_are_valid_and_reproducible(self):
+    labels = np.repeat(np.arange(8), 7)
+    labels[:3] = 99  # Class 99 has 3 examples: too few for 2 + 3.
+    support, query = few_shot.sample_episodes(
+        labels, ways=5, shots=2, queries_per_class=3, episodes=50, seed=1)
+    self.assertEqual(support.shape, (50, 5, 2))
+    self.assertEqual(query.shape, (50, 5, 3))
+    for s, q in zip(support, query):
+      classes = [labels[row[0]] for row in s]
+      self.assertLen(set(classes), 5)
+      self.assertNotIn(99, classes)
+      for w in range(5):
+        self.assertTrue(np.all(labels[s[w]] == classes[w]))
+        self.assertTrue(np.all(labels[q[w]] == classes[w]))
+      self.assertLen(set(s.ravel()) | set(q.ravel()), 25)  # No repeats.
+    again = few_shot.sample_episodes(
+        labels, ways=5, shots=2, queries_per_class=3, episodes=50, seed=1)
+    np.testing.assert_array_equal(support, again[0])
+
+  def test_too_few_classes(self):
+    with self.assertRaisesRegex(ValueError, "need 5 classes with >= 6"):
+      few_shot.sample_episodes(np.repeat(np.arange(4), 10), ways=5, shots=1,
+                               queries_per_class=5, episodes=3, seed=0)
+
+
+class EvaluateTest(absltest.TestCase):
+
+  def test_matches_brute_force(self):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 10)
+    embeddings = rng.normal(size=(60, 4)) + 0.8 * rng.normal(size=(6, 4))[
+        labels]
+    got = few_shot.evaluate(embeddings, labels, ways=3, shots=2,
+                            queries_per_class=4, episodes=40, seed=5)
+    support, query = few_shot.sample_episodes(
+        labels, ways=3, shots=2, queries_per_class=4, episodes=40, seed=5)
+    proto, nearest = [], []
+    for s, q in zip(support, query):
+      right_p = right_n = 0
+      for w in range(3):
+        for i in q[w]:
+          d_proto = [np.linalg.norm(embeddings[i] - embeddings[s[v]].mean(0))
+                     for v in range(3)]
+          right_p += int(np.argmin(d_proto) == w)
+          d_all = [(np.linalg.norm(embeddings[i] - embeddings[j]), v)
+                   for v in range(3) for j in s[v]]
+          right_n += int(min(d_all)[1] == w)
+      proto.append(right_p / 12)
+      nearest.append(right_n / 12)
+    self.assertAlmostEqual(got["prototype"], np.mean(proto), places=6)
+    self.assertAlmostEqual(got["nearest_neighbor"], np.mean(nearest),
+                           places=6)
+    self.assertAlmostEqual(got["prototype_ci95"],
+                           1.96 * np.std(proto, ddof=1) / np.sqrt(40),
+                           places=6)
+
+  def test_separated_classes_are_always_right(self):
+    labels = np.repeat(np.arange(5), 6)
+    embeddings = np.eye(5)[labels] * 10 + np.random.default_rng(0).normal(
+        size=(30, 5)) * 0.01
+    got = few_shot.evaluate(embeddings, labels, ways=5, shots=1,
+                            queries_per_class=5, episodes=10, metric="cosine")
+    self.assertEqual(got["prototype"], 1.0)
+    self.assertEqual(got["nearest_neighbor"], 1.0)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,131 @@
+"""N-way K-shot episodes on embeddings of classes never seen in training.
+
+An episode draws `ways` classes, `shots` support and `queries_per_class`
+query examples of each, and classifies every query by
+
+* ``prototype``: the nearest class mean of the support embeddings
+  (prototypical networks, Snell et al. 2017), and
+* ``nearest_neighbor``: the label of the nearest support example.
+
+Accuracy is averaged over episodes, with a 95% confidence interval of the
+mean (1.96 standard errors), the convention of the few-shot literature.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tripletjax import distances
+
+METHODS = ("prototype", "nearest_neighbor")
+
+
+def sample_episodes(labels: np.ndarray, *, ways: int, shots: int,
+                    queries_per_class: int, episodes: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Indices of the support and query examples of each episode.
+
+  Args:
+    labels: ``int [N]``.
+    ways: classes per episode.
+    shots: support examples per class.
+    queries_per_class: query examples per class.
+    episodes: number of episodes.
+    seed: the same seed draws the same episodes.
+
+  Returns:
+    ``(support [E, ways, shots], query [E, ways, queries_per_class])``:
+    indices into `labels`; class ``w`` of an episode is the one of
+    ``support[e, w]``.
+  """
+  labels = np.asarray(labels)
+  needed = shots + queries_per_class
+  classes, counts = np.unique(labels, return_counts=True)
+  eligible = classes[counts >= needed]
+  if min(ways, shots, queries_per_class, episodes) < 1:
+    raise ValueError(
+        f"ways, shots, queries_per_class and episodes must be >= 1, got "
+        f"{ways}, {shots}, {queries_per_class}, {episodes}.")
+  if len(eligible) < ways:
+    raise ValueError(
+        f"{ways}-way episodes with {shots} shots and {queries_per_class} "
+        f"queries per class need {ways} classes with >= {needed} examples; "
+        f"these labels have {len(eligible)} (of {len(classes)} classes).")
+  members = {c: np.flatnonzero(labels == c) for c in eligible}
+  rng = np.random.default_rng(seed)
+  support = np.empty((episodes, ways, shots), np.int64)
+  query = np.empty((episodes, ways, queries_per_class), np.int64)
+  for e in range(episodes):
+    for w, c in enumerate(rng.choice(eligible, ways, replace=False)):
+      chosen = rng.choice(members[c], needed, replace=False)
+      support[e, w], query[e, w] = chosen[:shots], chosen[shots:]
+  return support, query
+
+
+@functools.partial(jax.jit, static_argnames="metric")
+def episode_accuracies(support: jax.Array, query: jax.Array, *, metric: str
+                       ) -> dict[str, jax.Array]:
+  """Accuracy of each episode by each method of `METHODS`.
+
+  Args:
+    support: ``[E, ways, shots, D]`` embeddings.
+    query: ``[E, ways, queries_per_class, D]`` embeddings; the true class of
+      ``query[e, w]`` is ``w``.
+    metric: a name of `tripletjax.distances.METRICS`.
+
+  Returns:
+    ``{method: [E]}`` accuracies.
+  """
+  _, ways, shots, dim = support.shape
+  truth = jnp.repeat(jnp.arange(ways), query.shape[2])
+
+  def one(support, query):
+    q = query.reshape(-1, dim)
+    prototypes = support.mean(axis=1)
+    to_prototype = distances.pairwise_distances(q, prototypes, metric=metric)
+    to_support = distances.pairwise_distances(
+        q, support.reshape(-1, dim), metric=metric)
+    nearest = jnp.argmin(to_support, axis=1) // shots
+    return {"prototype": jnp.mean(jnp.argmin(to_prototype, axis=1) == truth),
+            "nearest_neighbor": jnp.mean(nearest == truth)}
+
+  return jax.vmap(one)(support, query)
+
+
+def evaluate(embeddings: np.ndarray, labels: np.ndarray, *, ways: int,
+             shots: int, queries_per_class: int = 15, episodes: int = 1000,
+             metric: str = "euclidean", seed: int = 0
+             ) -> dict[str, float]:
+  """Mean N-way K-shot accuracy over episodes, with 95% intervals.
+
+  Args:
+    embeddings: ``[N, D]`` embeddings of the evaluation classes.
+    labels: ``[N]`` their labels.
+    ways, shots, queries_per_class, episodes, seed: see `sample_episodes`.
+    metric: a name of `tripletjax.distances.METRICS`.
+
+  Returns:
+    ``{"<method>": mean accuracy, "<method>_ci95": half-width}`` for each
+    method of `METHODS`.
+  """
+  distances.check_metric(metric)
+  embeddings = np.asarray(embeddings, np.float32)
+  support, query = sample_episodes(
+      labels, ways=ways, shots=shots, queries_per_class=queries_per_class,
+      episodes=episodes, seed=seed)
+  accuracies = episode_accuracies(
+      jnp.asarray(embeddings[support]), jnp.asarray(embeddings[query]),
+      metric=metric)
+  results = {}
+  for method in METHODS:
+    values = np.asarray(accuracies[method], np.float64)
+    results[method] = float(values.mean())
+    results[f"{method}_ci95"] = float(
+        1.96 * values.std(ddof=1) / math.sqrt(len(values))
+        if len(values) > 1 else float("nan"))
+  return results

@@ -1,0 +1,196 @@
+"""Omniglot from Lake et al.'s zips, and their official one-shot task.
+
+tensorflow-datasets' own ``omniglot`` builder needs the four original zips
+with their original checksums. `OmniglotLake` (dataset name
+``omniglot_lake``) is a small tensorflow-datasets builder over the files of
+brendenlake/omniglot instead, taken from the manual directory (the folder
+itself or its ``omniglot/`` sub-folder):
+
+* ``images_background.zip`` -> split ``train``: 30 alphabets, 964
+  characters x 20 drawers, labels 0-963.
+* ``images_evaluation.zip`` -> split ``test``: 20 other alphabets, 659
+  characters x 20 drawers, labels 964-1622.
+* ``images_background_small1.zip``, ``images_background_small2.zip`` ->
+  splits ``small1`` and ``small2``, Lake et al.'s reduced background sets
+  (labels of the same characters in ``train``).
+* ``all_runs.zip`` -> split ``one_shot``: the official task, 20 runs of
+  20-way one-shot classification. Feature ``run`` (0-19) and ``is_query``;
+  the 20 training images of run r have labels ``1623 + 20 r + class`` and
+  each test image the label of the training image it belongs to.
+
+Images are 105 x 105 x 1 uint8, inverted so that strokes are 255 on a black
+background (as in MNIST); `tripletjax.data.load` can shrink them
+(``image_size``). tensorflow-datasets prepares every split at once, so all
+five zips are needed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import zipfile
+
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tripletjax import data
+from tripletjax import distances
+
+NAME = "omniglot_lake"
+IMAGE_SHAPE = (105, 105, 1)
+NUM_BACKGROUND, NUM_EVALUATION = 964, 659
+RUNS, WAYS = 20, 20
+NUM_CLASSES = NUM_BACKGROUND + NUM_EVALUATION + RUNS * WAYS
+FILES = {"train": "images_background.zip", "test": "images_evaluation.zip",
+         "small1": "images_background_small1.zip",
+         "small2": "images_background_small2.zip",
+         "one_shot": "all_runs.zip"}
+
+
+def _decode(data: bytes) -> np.ndarray:
+  """A PNG of Lake et al. (white background) -> ``uint8 [105, 105, 1]``,
+  strokes 255."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+  if image.shape != IMAGE_SHAPE[:2]:
+    raise ValueError(f"Omniglot image of shape {image.shape}, expected "
+                     f"{IMAGE_SHAPE[:2]}.")
+  return (255 - image)[..., None].astype(np.uint8)
+
+
+def _characters(archive: zipfile.ZipFile) -> dict[tuple[str, str], list[str]]:
+  """``{(alphabet, character): [png names]}`` of an images_* zip."""
+  found: dict[tuple[str, str], list[str]] = {}
+  for name in sorted(archive.namelist()):
+    parts = name.split("/")
+    if name.endswith(".png") and len(parts) == 4:
+      found.setdefault((parts[1], parts[2]), []).append(name)
+  return found
+
+
+def _background_ids(manual_dir: str) -> dict[tuple[str, str], int]:
+  with zipfile.ZipFile(os.path.join(manual_dir, FILES["train"])) as archive:
+    return {key: i for i, key in enumerate(sorted(_characters(archive)))}
+
+
+class OmniglotLake(tfds.core.GeneratorBasedBuilder):
+  """Omniglot from Lake et al.'s zips, with the official one-shot runs."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Background, evaluation, small sets, all_runs."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      f"Put {', '.join(FILES.values())} from "
+      "https://github.com/brendenlake/omniglot (python/) in the manual "
+      "directory or its omniglot/ sub-directory.")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=IMAGE_SHAPE),
+            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+            "run": np.int32,
+            "is_query": np.bool_,
+        }),
+        supervised_keys=("image", "label"),
+        homepage="https://github.com/brendenlake/omniglot",
+        citation="Lake, Salakhutdinov and Tenenbaum. Human-level concept "
+                 "learning through probabilistic program induction. "
+                 "Science, 2015.")
+
+  def _split_generators(self, dl_manager):
+    manual_dir = find_manual_dir(str(dl_manager.manual_dir))
+    ids = _background_ids(manual_dir)
+    return {split: self._generate_examples(os.path.join(manual_dir, f), split, ids)
+            for split, f in FILES.items()}
+
+  def _generate_examples(self, path: str, split: str, ids):
+    with zipfile.ZipFile(path) as archive:
+      if split == "one_shot":
+        yield from _one_shot_examples(archive)
+        return
+      characters = _characters(archive)
+      for i, (key, names) in enumerate(sorted(characters.items())):
+        if split == "test":
+          label = NUM_BACKGROUND + i
+        elif key in ids:
+          label = ids[key]
+        else:
+          raise ValueError(f"{os.path.basename(path)}: character {key} is "
+                           f"not in {FILES['train']}.")
+        for name in names:
+          yield name, {"image": _decode(archive.read(name)), "label": label,
+                       "run": -1, "is_query": False}
+
+
+def _one_shot_examples(archive: zipfile.ZipFile):
+  """Examples of the one_shot split from all_runs.zip."""
+  for run in range(RUNS):
+    prefix = f"run{run + 1:02d}"
+    base = NUM_BACKGROUND + NUM_EVALUATION + WAYS * run
+    pairs = archive.read(f"{prefix}/class_labels.txt").decode().split()
+    for test_name, train_name in zip(pairs[::2], pairs[1::2]):
+      label = base + int(re.search(r"class(\d+)", train_name)[1]) - 1
+      for name, is_query in ((train_name, False), (test_name, True)):
+        yield name, {"image": _decode(archive.read(name)), "label": label,
+                     "run": run, "is_query": is_query}
+
+
+def find_manual_dir(manual_dir: str) -> str:
+  """`manual_dir` or its ``omniglot/`` sub-folder, whichever has the zips.
+
+  Raises:
+    FileNotFoundError: naming the missing zips and where they were sought.
+  """
+  for folder in (manual_dir, os.path.join(manual_dir, "omniglot")):
+    missing = [f for f in FILES.values()
+               if not os.path.exists(os.path.join(folder, f))]
+    if not missing:
+      return folder
+  raise FileNotFoundError(
+      f"Dataset {NAME!r} needs {', '.join(missing)} in the manual directory "
+      f"{os.path.abspath(manual_dir)} (or its omniglot/ sub-folder), which "
+      "lacks them. " + OmniglotLake.MANUAL_DOWNLOAD_INSTRUCTIONS)
+
+
+def load_one_shot_runs(*, data_dir: str | None = None,
+                       manual_dir: str | None = None,
+                       image_size: int | None = None
+                       ) -> dict[str, np.ndarray]:
+  """The official one-shot task: ``images``, ``labels``, ``run``,
+  ``is_query``, one row per image (20 runs x (20 training + 20 test))."""
+  builder = data.prepare(NAME, data_dir=data_dir, manual_dir=manual_dir)
+  arrays = tfds.as_numpy(builder.as_dataset(split="one_shot", batch_size=-1))
+  return {"images": data.resize(arrays["image"], image_size),
+          "labels": np.asarray(arrays["label"], np.int64),
+          "run": np.asarray(arrays["run"]),
+          "is_query": np.asarray(arrays["is_query"], bool)}
+
+
+def one_shot_accuracy(embeddings: np.ndarray, labels: np.ndarray,
+                      run: np.ndarray, is_query: np.ndarray, *,
+                      metric: str = "euclidean") -> float:
+  """Accuracy on the official task: each test image of a run takes the label
+  of the nearest of that run's 20 training images (Lake et al. report the
+  error rate, 1 minus this).
+
+  Args:
+    embeddings: ``[N, D]`` embeddings of the one_shot split's images.
+    labels, run, is_query: ``[N]``, from `load_one_shot_runs`.
+    metric: a name of `tripletjax.distances.METRICS`.
+
+  Returns:
+    The fraction of the 400 test images classified correctly.
+  """
+  right = total = 0
+  for r in np.unique(run):
+    train = (run == r) & ~is_query
+    test = (run == r) & is_query
+    d = distances.pairwise_distances(jnp.asarray(embeddings[test]),
+                                     jnp.asarray(embeddings[train]),
+                                     metric=metric)
+    predicted = labels[train][np.argmin(np.asarray(d), axis=1)]
+    right += int(np.sum(predicted == labels[test]))
+    total += int(test.sum())
+  return right / total
