@@ -56,6 +56,9 @@ def test_train_and_evaluate_writes_results(dataset_dirs, tmp_path):
       json.load(open(tmp_path / "config.json")))
   assert os.listdir(tmp_path / "tensorboard")
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["12", "4", "8"]
+  assert sorted(os.listdir(tmp_path / "figures")) == [
+      "embeddings_2d.png", "mined_triplets.png", "retrieval.png",
+      "training_curves.png"]
 
 
 def test_held_out_classes_are_evaluated_as_unseen(dataset_dirs, tmp_path):

@@ -125,9 +125,10 @@ class OmniglotLake(tfds.core.GeneratorBasedBuilder):
 
 
 def _one_shot_examples(archive: zipfile.ZipFile):
-  """Examples of the one_shot split from all_runs.zip."""
-  for run in range(RUNS):
-    prefix = f"run{run + 1:02d}"
+  """Examples of the one_shot split from all_runs.zip (folders runNN/)."""
+  runs = sorted({n.split("/")[0] for n in archive.namelist()
+                 if re.fullmatch(r"run\d+/class_labels.txt", n)})
+  for run, prefix in enumerate(runs):
     base = NUM_BACKGROUND + NUM_EVALUATION + WAYS * run
     pairs = archive.read(f"{prefix}/class_labels.txt").decode().split()
     for test_name, train_name in zip(pairs[::2], pairs[1::2]):

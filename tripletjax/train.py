@@ -31,6 +31,7 @@ from tripletjax import health
 from tripletjax import losses
 from tripletjax import models
 from tripletjax import parallel
+from tripletjax import report
 from tripletjax import retrieval
 from tripletjax import sampling
 from tripletjax import writers
@@ -204,6 +205,15 @@ def local_batch(config: Config, sampler, split: data.Split, step: int
   return split.images[indices], np.where(real, split.labels[indices], -1)
 
 
+def embedder(embed_fn, params: nnx.State, config: Config
+             ) -> Callable[[np.ndarray], np.ndarray]:
+  """``uint8 [N, H, W, C]`` host images -> ``[N, D]`` host embeddings, in
+  batches of ``config.eval_batch_size``; `embed_fn` is jitted
+  `embed_images`."""
+  return functools.partial(evaluation.embed, functools.partial(
+      embed_fn, params), batch_size=config.eval_batch_size)
+
+
 def evaluate(embed_fn, params: nnx.State, train: data.Split,
              test: data.Split, config: Config) -> dict[str, float]:
   """Retrieval metrics and few-shot accuracies of the test split.
@@ -213,8 +223,7 @@ def evaluate(embed_fn, params: nnx.State, train: data.Split,
   ``config.train_classes``, or absent from the train split as in Omniglot)
   query each other, leave-one-out, and make the few-shot episodes.
   """
-  embed = functools.partial(evaluation.embed, functools.partial(
-      embed_fn, params), batch_size=config.eval_batch_size)
+  embed = embedder(embed_fn, params, config)
   queries = embed(test.images)
   seen = np.isin(test.labels, train.labels)
   results = {}
@@ -256,6 +265,51 @@ def load_data(config: Config) -> tuple[data.Split, data.Split]:
     train = data.Split(images=train.images[keep], labels=train.labels[keep],
                        num_classes=train.num_classes)
   return train, test
+
+
+def initial_state(config: Config, image_shape: tuple[int, int, int]
+                  ) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
+  """The model's structure, the step-0 train state and the optimiser."""
+  model = models.create(
+      config.model, image_shape=image_shape, seed=config.seed,
+      widths=config.widths, hidden_dim=config.hidden_dim,
+      embedding_dim=config.embedding_dim,
+      normalize=config.normalize_embeddings)
+  graphdef, params = nnx.split(model)
+  tx = make_optimizer(config)
+  return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              opt_state=tx.init(params)), tx
+
+
+def restore_trained(workdir: str):
+  """The trained run in `workdir`, for evaluation.
+
+  Returns:
+    ``(config, train, test, embed, step)``: its config, its splits (as
+    `load_data` gives them), an embedding function of its latest checkpoint
+    (``uint8 [N, H, W, C] -> [N, D]`` host arrays, in batches) and the step
+    of that checkpoint.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no run or no checkpoint.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir!r} holds no run (no config.json).")
+  with open(path, encoding="utf-8") as f:
+    config = Config.from_dict(json.load(f))
+  train, test = load_data(config)
+  graphdef, state, _ = initial_state(config, train.image_shape)
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), every=0,
+      keep=config.keep_checkpoints)
+  restored = checkpointer.restore_latest(state)
+  checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f"{workdir!r} holds no checkpoint.")
+  step, state = restored
+  embed_fn = jax.jit(functools.partial(embed_images, graphdef=graphdef))
+  return config, train, test, embedder(embed_fn, state.params, config), step
 
 
 def _prepare_workdir(workdir: str, config: Config, *,
@@ -335,18 +389,9 @@ def train_and_evaluate(
                train.num_classes)
 
   # Model, optimiser, state.
-  model = models.create(
-      config.model, image_shape=train.image_shape, seed=config.seed,
-      widths=config.widths, hidden_dim=config.hidden_dim,
-      embedding_dim=config.embedding_dim,
-      normalize=config.normalize_embeddings)
-  graphdef, params = nnx.split(model)
-  del model
-  tx = make_optimizer(config)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params))
+  graphdef, state, tx = initial_state(config, train.image_shape)
   logging.info("Model %s: %d parameters.", config.model,
-               sum(x.size for x in jax.tree.leaves(params)))
+               sum(x.size for x in jax.tree.leaves(state.params)))
   state = devices.place_state(state)
   logging.info("%d devices in %d processes (%s); mining scope: %s.",
                jax.device_count(), jax.process_count(), config.parallelism,
@@ -423,10 +468,14 @@ def train_and_evaluate(
     logging.info("Stopped at step %d; relaunch to resume.", last_step)
     return {"interrupted": True, "steps": last_step}
 
-  # Final evaluation.
-  results = evaluate(embed_fn, current_params(), train, test, config)
+  # Final evaluation and figures.
+  params = current_params()
+  results = evaluate(embed_fn, params, train, test, config)
   writer.write_scalars(last_step, results)
   writer.close()
+  if is_main:
+    report.write_figures(workdir, embedder(embed_fn, params, config), train,
+                         test, sampler(last_step), metric=config.metric)
   steps_run = last_step - first_step
   results = {
       **results,

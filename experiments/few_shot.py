@@ -1,0 +1,77 @@
+r"""Few-shot evaluation of a trained run on classes it never saw.
+
+N-way K-shot episodes (nearest prototype and nearest neighbour, mean
+accuracy over episodes with a 95% interval) on the test images of the classes
+the run did not train on; for ``omniglot_lake`` also Lake et al.'s official
+one-shot task (20 runs of 20-way 1-shot). Writes ``few_shot.json`` into the
+workdir.
+
+  python -m experiments.train --train_classes=0,1,2,3,4 --workdir=runs/m04
+  python -m experiments.few_shot --workdir=runs/m04 --ways=5 --shots=1,5
+  python -m experiments.few_shot --workdir=runs/omniglot --ways=5,20 --shots=1,5
+"""
+
+import json
+import os
+
+from absl import flags
+import numpy as np
+
+from experiments import common
+from tripletjax import few_shot
+from tripletjax import omniglot
+from tripletjax import train
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a trained run.",
+                               required=True)
+_WAYS = flags.DEFINE_list("ways", ["5"], "Classes per episode.")
+_SHOTS = flags.DEFINE_list("shots", ["1", "5"], "Support examples per class.")
+_QUERIES = flags.DEFINE_integer("queries_per_class", 15,
+                                "Query examples per class and episode.")
+_EPISODES = flags.DEFINE_integer("episodes", 1000, "Episodes per setting.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the episodes.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  config, train_split, test, embed, step = train.restore_trained(
+      _WORKDIR.value)
+  unseen = ~np.isin(test.labels, train_split.labels)
+  if not unseen.any():
+    raise ValueError(
+        f"Every class of {config.dataset!r} {config.test_split!r} was "
+        "trained on; train with --train_classes to hold some out.")
+  embeddings = embed(test.images[unseen])
+  labels = test.labels[unseen]
+  print(f"{config.dataset}, step {step}: {unseen.sum()} test images of "
+        f"{len(np.unique(labels))} classes never trained on.")
+  results = {"step": step, "episodes": _EPISODES.value}
+  for ways in map(int, _WAYS.value):
+    for shots in map(int, _SHOTS.value):
+      r = few_shot.evaluate(embeddings, labels, ways=ways, shots=shots,
+                            queries_per_class=_QUERIES.value,
+                            episodes=_EPISODES.value, metric=config.metric,
+                            seed=_SEED.value)
+      results[f"{ways}way_{shots}shot"] = r
+      print(f"{ways:>3}-way {shots}-shot: prototype "
+            f"{r['prototype']:.2%} ± {r['prototype_ci95']:.2%}, nearest "
+            f"neighbour {r['nearest_neighbor']:.2%} ± "
+            f"{r['nearest_neighbor_ci95']:.2%}")
+  if config.dataset == omniglot.NAME:
+    runs = omniglot.load_one_shot_runs(
+        data_dir=config.data_dir, manual_dir=config.manual_dir,
+        image_size=config.image_size or None)
+    accuracy = omniglot.one_shot_accuracy(
+        embed(runs["images"]), runs["labels"], runs["run"], runs["is_query"],
+        metric=config.metric)
+    results["official_one_shot_accuracy"] = accuracy
+    print(f"Official one-shot task (20 runs of 20-way 1-shot): "
+          f"{accuracy:.2%} ({1 - accuracy:.2%} error)")
+  with open(os.path.join(_WORKDIR.value, "few_shot.json"), "w",
+            encoding="utf-8") as f:
+    json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+  common.run(main)

@@ -1,0 +1,85 @@
+r"""Shows the nearest images of the reference set for query images.
+
+Given a trained run and query images (image files, or indices into the test
+split), embeds them with the run's latest checkpoint and writes a grid of
+each query and its nearest reference images (the train split), framed green
+or red by label when the query's label is known.
+
+  python -m experiments.retrieve --workdir=runs/mnist --test_indices=0,1,2,3
+  python -m experiments.retrieve --workdir=runs/mnist --images=a.png,b.png \
+      --invert   # dark strokes on a light background, unlike MNIST
+"""
+
+import os
+
+from absl import flags
+import numpy as np
+
+from experiments import common
+from tripletjax import evaluation
+from tripletjax import plotting
+from tripletjax import train
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a trained run.",
+                               required=True)
+_IMAGES = flags.DEFINE_list("images", [], "Query image files (any format "
+                            "Pillow reads; converted to the run's shape).")
+_TEST_INDICES = flags.DEFINE_list("test_indices", [],
+                                  "Query images by index in the test split.")
+_INVERT = flags.DEFINE_bool("invert", False,
+                            "Invert the image files' intensities.")
+_K = flags.DEFINE_integer("k", 5, "Neighbours per query.")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "PNG to write (default: <workdir>/figures/query.png).")
+
+
+def read_image(path: str, shape: tuple[int, int, int], invert: bool
+               ) -> np.ndarray:
+  """An image file as ``uint8 [H, W, C]`` of the model's input `shape`."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No image file {path!r}.")
+  image = Image.open(path).convert("L" if shape[2] == 1 else "RGB")
+  image = np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR))
+  image = image.reshape(shape)
+  return 255 - image if invert else image
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  if not _IMAGES.value and not _TEST_INDICES.value:
+    raise ValueError("Give query images: --images or --test_indices.")
+  config, references, test, embed, step = train.restore_trained(
+      _WORKDIR.value)
+  try:
+    indices = [int(i) for i in _TEST_INDICES.value]
+  except ValueError:
+    raise ValueError(f"test_indices must be integers, got "
+                     f"{_TEST_INDICES.value}.") from None
+  bad = [i for i in indices if not 0 <= i < len(test)]
+  if bad:
+    raise ValueError(f"test_indices {bad} outside [0, {len(test)}).")
+  images = [read_image(p, references.image_shape, _INVERT.value)
+            for p in _IMAGES.value] + [test.images[i] for i in indices]
+  labels = [-1] * len(_IMAGES.value) + [int(test.labels[i]) for i in indices]
+  images = np.stack(images)
+  d, index = evaluation.nearest_neighbors(
+      embed(images), embed(references.images), k=_K.value,
+      metric=config.metric)
+  d, index = np.asarray(d), np.asarray(index)
+  names = list(_IMAGES.value) + [f"test[{i}]" for i in indices]
+  for name, row, dist in zip(names, index, d):
+    print(f"{name}: " + ", ".join(
+        f"train[{r}] (label {references.labels[r]}, d={x:.3f})"
+        for r, x in zip(row, dist)))
+  output = _OUTPUT.value or os.path.join(_WORKDIR.value, "figures",
+                                         "query.png")
+  plotting.retrieval_grid(images, np.array(labels), references.images[index],
+                          references.labels[index], output,
+                          neighbor_distances=d)
+  print(f"Step {step} of {_WORKDIR.value}; wrote {output}")
+
+
+if __name__ == "__main__":
+  common.run(main)

@@ -1,0 +1,103 @@
+"""The Omniglot builder on small zips laid out like Lake et al.'s, and the
+official one-shot scoring."""
+
+import io
+import zipfile
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from tripletjax import data
+from tripletjax import omniglot
+
+
+def _png(value: int) -> bytes:
+  """A 105x105 Omniglot-like PNG: white, with a black square of `value`."""
+  image = np.full((105, 105), 255, np.uint8)
+  image[value:value + 10, value:value + 10] = 0
+  out = io.BytesIO()
+  Image.fromarray(image).save(out, format="PNG")
+  return out.getvalue()
+
+
+def _images_zip(path, top, characters, drawers):
+  with zipfile.ZipFile(path, "w") as z:
+    for alphabet, character in characters:
+      for d in range(drawers):
+        z.writestr(f"{top}/{alphabet}/{character}/{character}_{d:02d}.png",
+                   _png(d))
+
+
+@pytest.fixture(scope="module")
+def omniglot_dirs(tmp_path_factory):
+  manual = tmp_path_factory.mktemp("manual") / "omniglot"
+  manual.mkdir()
+  background = [("Alpha", "character01"), ("Alpha", "character02"),
+                ("Beta", "character01")]
+  _images_zip(manual / "images_background.zip", "images_background",
+              background, 3)
+  _images_zip(manual / "images_evaluation.zip", "images_evaluation",
+              [("Gamma", "character01"), ("Gamma", "character02")], 2)
+  _images_zip(manual / "images_background_small1.zip",
+              "images_background_small1", background[2:], 2)
+  _images_zip(manual / "images_background_small2.zip",
+              "images_background_small2", background[:1], 2)
+  with zipfile.ZipFile(manual / "all_runs.zip", "w") as z:
+    for run in (1, 2):
+      lines = []
+      for c in range(1, 4):
+        z.writestr(f"run{run:02d}/training/class{c:02d}.png", _png(10 * c))
+        z.writestr(f"run{run:02d}/test/item{c:02d}.png", _png(10 * c + 1))
+        lines.append(f"run{run:02d}/test/item{c:02d}.png "
+                     f"run{run:02d}/training/class{4 - c:02d}.png")
+      z.writestr(f"run{run:02d}/class_labels.txt", "\n".join(lines) + "\n")
+  data_dir = tmp_path_factory.mktemp("data")
+  return {"data_dir": str(data_dir), "manual_dir": str(manual.parent)}
+
+
+def test_splits_and_labels(omniglot_dirs):
+  load = lambda split: data.load(omniglot.NAME, split, **omniglot_dirs)
+  train, test = load("train"), load("test")
+  assert train.images.shape == (9, 105, 105, 1)
+  np.testing.assert_array_equal(np.bincount(train.labels), [3, 3, 3])
+  assert sorted(set(test.labels.tolist())) == [964, 965]
+  # The small sets reuse the labels of the same characters in train.
+  assert set(load("small1").labels.tolist()) == {2}
+  assert set(load("small2").labels.tolist()) == {0}
+  # Inverted: the black square becomes 255 on a 0 background.
+  image = train.images[train.labels == 0][0, ..., 0]
+  assert image.max() == 255 and np.median(image) == 0
+  small = data.load(omniglot.NAME, "train", image_size=28, **omniglot_dirs)
+  assert small.images.shape == (9, 28, 28, 1)
+
+
+def test_one_shot_runs(omniglot_dirs):
+  runs = omniglot.load_one_shot_runs(**omniglot_dirs)
+  assert len(runs["labels"]) == 12
+  for run in (0, 1):
+    mine = runs["run"] == run
+    train_labels = runs["labels"][mine & ~runs["is_query"]]
+    test_labels = runs["labels"][mine & runs["is_query"]]
+    base = 964 + 659 + 20 * run
+    assert sorted(train_labels.tolist()) == [base, base + 1, base + 2]
+    assert sorted(test_labels.tolist()) == sorted(train_labels.tolist())
+
+
+def test_missing_zip_is_named(tmp_path):
+  (tmp_path / "images_background.zip").write_bytes(b"")
+  with pytest.raises(FileNotFoundError, match="images_evaluation.zip"):
+    data.prepare(omniglot.NAME, data_dir=str(tmp_path / "data"),
+                 manual_dir=str(tmp_path))
+
+
+def test_one_shot_accuracy_by_hand():
+  # Run 0: training items at 0 and 10 (labels 5, 6); run 1: at 0 (label 7)
+  # and 1 (label 8). Queries: 1 -> label 5 (right), 9 -> 6 (right),
+  # 0.9 -> 8 (right, nearest is 1), 0.2 -> 8 (wrong: nearest is 0, label 7).
+  embeddings = np.array([[0.0], [10.0], [1.0], [9.0],
+                         [0.0], [1.0], [0.9], [0.2]], np.float32)
+  labels = np.array([5, 6, 5, 6, 7, 8, 8, 8])
+  run = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+  is_query = np.array([0, 0, 1, 1, 0, 0, 1, 1], bool)
+  assert omniglot.one_shot_accuracy(embeddings, labels, run, is_query) == 0.75
