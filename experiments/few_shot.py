@@ -22,8 +22,6 @@ from tripletjax import few_shot
 from tripletjax import omniglot
 from tripletjax import train
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a trained run.",
-                               required=True)
 _WAYS = flags.DEFINE_list("ways", ["5"], "Classes per episode.")
 _SHOTS = flags.DEFINE_list("shots", ["1", "5"], "Support examples per class.")
 _QUERIES = flags.DEFINE_integer("queries_per_class", 15,
@@ -35,8 +33,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the episodes.")
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  if not common.WORKDIR.value:
+    raise ValueError("Give the trained run's directory: --workdir.")
   config, train_split, test, embed, step = train.restore_trained(
-      _WORKDIR.value)
+      common.WORKDIR.value)
   unseen = ~np.isin(test.labels, train_split.labels)
   if not unseen.any():
     raise ValueError(
@@ -68,7 +68,7 @@ def main(argv):
     results["official_one_shot_accuracy"] = accuracy
     print(f"Official one-shot task (20 runs of 20-way 1-shot): "
           f"{accuracy:.2%} ({1 - accuracy:.2%} error)")
-  with open(os.path.join(_WORKDIR.value, "few_shot.json"), "w",
+  with open(os.path.join(common.WORKDIR.value, "few_shot.json"), "w",
             encoding="utf-8") as f:
     json.dump(results, f, indent=2)
 

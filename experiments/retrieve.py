@@ -20,8 +20,6 @@ from tripletjax import evaluation
 from tripletjax import plotting
 from tripletjax import train
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of a trained run.",
-                               required=True)
 _IMAGES = flags.DEFINE_list("images", [], "Query image files (any format "
                             "Pillow reads; converted to the run's shape).")
 _TEST_INDICES = flags.DEFINE_list("test_indices", [],
@@ -48,10 +46,12 @@ def read_image(path: str, shape: tuple[int, int, int], invert: bool
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  if not common.WORKDIR.value:
+    raise ValueError("Give the trained run's directory: --workdir.")
   if not _IMAGES.value and not _TEST_INDICES.value:
     raise ValueError("Give query images: --images or --test_indices.")
   config, references, test, embed, step = train.restore_trained(
-      _WORKDIR.value)
+      common.WORKDIR.value)
   try:
     indices = [int(i) for i in _TEST_INDICES.value]
   except ValueError:
@@ -73,12 +73,12 @@ def main(argv):
     print(f"{name}: " + ", ".join(
         f"train[{r}] (label {references.labels[r]}, d={x:.3f})"
         for r, x in zip(row, dist)))
-  output = _OUTPUT.value or os.path.join(_WORKDIR.value, "figures",
+  output = _OUTPUT.value or os.path.join(common.WORKDIR.value, "figures",
                                          "query.png")
   plotting.retrieval_grid(images, np.array(labels), references.images[index],
                           references.labels[index], output,
                           neighbor_distances=d)
-  print(f"Step {step} of {_WORKDIR.value}; wrote {output}")
+  print(f"Step {step} of {common.WORKDIR.value}; wrote {output}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""The evaluation scripts on a tiny trained run, run as a user runs them."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from tests import train_test
+from tripletjax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(module, *flags):
+  return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained_run(dataset_dirs, tmp_path_factory):
+  """A run trained on digits 0-4, its workdir."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(train_test.tiny_config(
+      dataset_dirs, train_classes=(0, 1, 2, 3, 4), few_shot_episodes=10), workdir)
+  return workdir
+
+
+def test_few_shot(trained_run):
+  result = run_script("experiments.few_shot", f"--workdir={trained_run}",
+                      "--ways=3,5", "--shots=1", "--episodes=20")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "5-way 1-shot: prototype" in result.stdout
+  saved = json.load(open(pathlib.Path(trained_run) / "few_shot.json"))
+  assert 0 <= saved["3way_1shot"]["prototype"] <= 1
+  assert saved["episodes"] == 20
+
+
+def test_retrieve(trained_run, tmp_path):
+  image = np.zeros((40, 30), np.uint8)
+  image[10:30, 12:18] = 255  # Something like a "1", any size.
+  Image.fromarray(image).save(tmp_path / "one.png")
+  output = tmp_path / "grid.png"
+  result = run_script("experiments.retrieve", f"--workdir={trained_run}",
+                      f"--images={tmp_path / 'one.png'}",
+                      "--test_indices=0,3", "--k=4", f"--output={output}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [l for l in result.stdout.splitlines() if l.startswith(
+      (str(tmp_path), "test["))]
+  assert len(lines) == 3 and all(l.count("train[") == 4 for l in lines)
+  with Image.open(output) as grid:
+    assert grid.size[0] > grid.size[1] / 3 * 2  # 3 rows of 5 images.
+
+
+@pytest.mark.parametrize("module,flags,message", [
+    ("experiments.retrieve", ["--test_indices=0"], "--workdir"),
+    ("experiments.retrieve", ["--workdir=/nonexistent", "--test_indices=0"],
+     "holds no run"),
+    ("experiments.few_shot", ["--workdir=/nonexistent"], "holds no run"),
+])
+def test_bad_input_is_one_line(module, flags, message):
+  result = run_script(module, *flags)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("Error:")
+  assert message in result.stderr
+
+
+def test_bad_test_index(trained_run):
+  result = run_script("experiments.retrieve", f"--workdir={trained_run}",
+                      "--test_indices=100000")
+  assert result.returncode == 2
+  assert "outside [0, 500)" in result.stderr
