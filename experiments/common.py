@@ -59,6 +59,7 @@ _HELP = {
     "few_shot_ways": "Classes per few-shot episode (unseen classes).",
     "few_shot_shots": "Support examples per class: one evaluation each.",
     "few_shot_episodes": "Few-shot episodes per evaluation.",
+    "write_figures": "Write PNG figures into <workdir>/figures at the end.",
     "checkpoint_every": "Checkpoint every this many steps (0: at the end).",
     "keep_checkpoints": "Checkpoints to keep.",
     "log_every_seconds": "Seconds between progress lines.",

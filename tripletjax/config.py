@@ -67,6 +67,7 @@ class Config:
   few_shot_ways: int = 5  # Episodes on classes never trained on.
   few_shot_shots: tuple[int, ...] = (1, 5)
   few_shot_episodes: int = 1000
+  write_figures: bool = True  # PNG figures in workdir/figures at the end.
   checkpoint_every: int = 500
   keep_checkpoints: int = 3
   log_every_seconds: float = 10.0

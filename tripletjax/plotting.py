@@ -157,3 +157,24 @@ def retrieval_grid(query_images: np.ndarray, query_labels: np.ndarray,
       _show_image(axes[q, j + 1], neighbor_images[q, j],
                   _RIGHT if right else _WRONG, title)
   return _save(fig, path)
+
+
+def lines(series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+          path: str, *, xlabel: str, ylabel: str, title: str = "",
+          log_x: bool = False) -> str:
+  """One line per entry of `series`: ``{label: (x, y, y_std or None)}``,
+  with a shaded band of one standard deviation where given."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for label, (x, y, std) in series.items():
+    line, = ax.plot(x, y, marker="o", markersize=3, label=label)
+    if std is not None:
+      ax.fill_between(x, np.asarray(y) - std, np.asarray(y) + std,
+                      color=line.get_color(), alpha=0.2)
+  if log_x:
+    ax.set_xscale("log", base=2)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)

@@ -473,7 +473,7 @@ def train_and_evaluate(
   results = evaluate(embed_fn, params, train, test, config)
   writer.write_scalars(last_step, results)
   writer.close()
-  if is_main:
+  if is_main and config.write_figures:
     report.write_figures(workdir, embedder(embed_fn, params, config), train,
                          test, sampler(last_step), metric=config.metric)
   steps_run = last_step - first_step

@@ -1,0 +1,83 @@
+r"""Compares the mining strategies with the same network, budget and seeds.
+
+Random triplets, batch-all, batch-hard, soft-margin batch-hard and semi-hard,
+each trained --seeds times with the main job's network and settings (random
+triplets with as many images per batch: 83 triplets, 249 images). Writes
+``results.csv`` (one row per run), ``results.md`` (mean ± std over seeds) and
+``accuracy_vs_steps.png`` into the output directory.
+
+  python -m experiments.compare_mining                  # MNIST, 3 seeds
+  python -m experiments.compare_mining --dataset=fashion_mnist --steps=3000
+  python -m experiments.compare_mining --quick          # a smoke test
+"""
+
+import os
+
+from absl import flags
+import numpy as np
+
+from experiments import common
+from experiments import study
+from tripletjax import config as config_lib
+from tripletjax import plotting
+
+_STRATEGIES = flags.DEFINE_list(
+    "strategies", ["random_triplets", "batch_all", "batch_hard",
+                   "batch_hard_soft", "semihard"], "Losses to compare.")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps of every run.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 250,
+                                   "Steps between evaluations (the curves).")
+_MARGIN = flags.DEFINE_float("margin", 0.5, "Margin of every strategy.")
+
+_ACCURACY = "test_knn_accuracy_at_1"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  for name in _STRATEGIES.value:
+    if name not in config_lib.LOSS_NAMES:
+      raise ValueError(f"strategies must be among {config_lib.LOSS_NAMES}, "
+                       f"got {name!r}.")
+  out = study.output_dir("compare_mining")
+  os.makedirs(out, exist_ok=True)
+  base = study.base_config(margin=_MARGIN.value)
+  if not study.QUICK.value:
+    base = base.replace(steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
+                        triplets_per_batch=base.batch_size // 3)
+  else:
+    base = base.replace(eval_every=5)
+  rows, curves = [], {}
+  for strategy in _STRATEGIES.value:
+    for seed in study.seeds():
+      workdir = os.path.join(out, f"{strategy}-seed{seed}")
+      results = study.run(base.replace(loss=strategy, seed=seed), workdir)
+      rows.append({
+          "strategy": strategy, "seed": seed,
+          **{column: results[key] for column, key in study.METRICS},
+          "wall time (s)": results["train_seconds_this_run"],
+          "active triplets at end": study.final_metric(
+              workdir, "fraction_active_triplets")})
+      curves.setdefault(strategy, []).append(study.curve(workdir, _ACCURACY))
+      print(f"{strategy} seed {seed}: 1-NN {results[_ACCURACY]:.4f}",
+            flush=True)
+  columns = [c for c, _ in study.METRICS] + ["wall time (s)",
+                                            "active triplets at end"]
+  print(study.write_report(
+      out, rows, "strategy", columns,
+      f"Mining strategies on {base.dataset}: {base.steps} steps, batch "
+      f"{base.batch_size}, margin {base.margin}"))
+  series = {}
+  for strategy, runs in curves.items():
+    steps = runs[0][0]
+    values = np.stack([v for _, v in runs])
+    series[strategy] = (steps, values.mean(0),
+                        values.std(0) if len(runs) > 1 else None)
+  plotting.lines(series, os.path.join(out, "accuracy_vs_steps.png"),
+                 xlabel="step", ylabel="1-NN test accuracy",
+                 title=f"{base.dataset}: accuracy against steps "
+                       f"(mean ± std over {len(study.seeds())} seeds)")
+
+
+if __name__ == "__main__":
+  common.run(main)

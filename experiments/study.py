@@ -1,0 +1,143 @@
+"""What the research scripts share: training a list of runs and reporting
+them as a CSV file, a markdown table of mean ± std over seeds, and plots.
+
+Each run has its own workdir under the study's output directory, so an
+interrupted study resumes: finished runs are read back from their
+``results.json``, unfinished ones resume from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+from absl import flags
+import numpy as np
+
+from tripletjax import config as config_lib
+from tripletjax import train
+
+QUICK = flags.DEFINE_bool(
+    "quick", False, "A smoke test: a slice of the data, a tiny network, a few "
+    "steps, one seed.")
+SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per setting (--quick: 1).")
+DATASET = flags.DEFINE_string("dataset", "mnist",
+                              "tensorflow-datasets name (mnist, fashion_mnist).")
+DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Where tensorflow-datasets keeps prepared data.")
+MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, "Original download files for offline use (default: "
+    "$TRIPLETJAX_MANUAL_DIR).")
+OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Where the runs, tables and plots go (default: "
+    "runs/<script>-<dataset>[-quick]).")
+
+# Per-run numbers in the tables: (column, key in results.json).
+METRICS = (("precision@1", "test_precision_at_1"),
+           ("MAP@R", "test_map_at_r"),
+           ("1-NN acc", "test_knn_accuracy_at_1"),
+           ("5-NN acc", "test_knn_accuracy_at_5"))
+
+
+def base_config(**changes: Any) -> config_lib.Config:
+  """The study's starting point: the main job's settings on --dataset, or
+  with --quick a tiny run on slices of it."""
+  config = config_lib.Config(dataset=DATASET.value, eval_every=0,
+                             write_figures=False,
+                             data_dir=DATA_DIR.value,
+                             manual_dir=MANUAL_DIR.value)
+  if QUICK.value:
+    config = config.replace(
+        train_split="train[:2000]", test_split="test[:500]", widths=(4,),
+        hidden_dim=16, embedding_dim=8, classes_per_batch=5,
+        examples_per_class=4, triplets_per_batch=8, steps=10, warmup_steps=2,
+        checkpoint_every=0, eval_batch_size=500)
+  return config.replace(**changes)
+
+
+def seeds() -> range:
+  return range(1 if QUICK.value else SEEDS.value)
+
+
+def output_dir(script: str) -> str:
+  return OUTPUT_DIR.value or os.path.join(
+      "runs", f"{script}-{DATASET.value}" + ("-quick" if QUICK.value else ""))
+
+
+def run(config: config_lib.Config, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (or reads back its finished results)."""
+  path = os.path.join(workdir, "results.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      results = json.load(f)
+    if config_lib.Config.from_dict(results["config"]) == config:
+      return results
+  return train.train_and_evaluate(config_lib.validate(config), workdir)
+
+
+def final_metric(workdir: str, key: str) -> float:
+  """The last value of `key` in the run's ``metrics.jsonl``."""
+  value = float("nan")
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      value = json.loads(line).get(key, value)
+  return value
+
+
+def curve(workdir: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps, values)`` of `key` in the run's ``metrics.jsonl``."""
+  points = {}
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    for line in f:
+      record = json.loads(line)
+      if key in record:
+        points[record["step"]] = record[key]
+  steps = np.array(sorted(points))
+  return steps, np.array([points[s] for s in steps])
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str) -> str:
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  return path
+
+
+def summarize(rows: Sequence[dict[str, Any]], group: str,
+              columns: Iterable[str]) -> list[dict[str, str]]:
+  """Mean ± std (over seeds) of `columns`, one row per value of `group`."""
+  out = []
+  for value in dict.fromkeys(row[group] for row in rows):
+    mine = [row for row in rows if row[group] == value]
+    summary = {group: str(value), "runs": str(len(mine))}
+    for column in columns:
+      values = np.array([row[column] for row in mine], np.float64)
+      summary[column] = (f"{values.mean():.4f}" if len(values) == 1 else
+                         f"{values.mean():.4f} ± {values.std(ddof=1):.4f}")
+    out.append(summary)
+  return out
+
+
+def markdown_table(rows: Sequence[dict[str, str]]) -> str:
+  columns = list(rows[0])
+  lines = ["| " + " | ".join(columns) + " |",
+           "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
+  return "\n".join(lines) + "\n"
+
+
+def write_report(directory: str, rows: Sequence[dict[str, Any]], group: str,
+                 columns: Sequence[str], title: str) -> str:
+  """Writes ``results.csv`` and ``results.md``; returns the markdown."""
+  write_csv(rows, os.path.join(directory, "results.csv"))
+  table = markdown_table(summarize(rows, group, columns))
+  text = f"# {title}\n\n{table}"
+  with open(os.path.join(directory, "results.md"), "w",
+            encoding="utf-8") as f:
+    f.write(text)
+  return text
+
