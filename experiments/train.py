@@ -1,7 +1,8 @@
 r"""The main job: trains an embedding network with a triplet loss.
 
 With no flags it trains the default CNN with batch-all mining on MNIST and
-prints its 1-NN test accuracy (test images queried against train images).
+prints its retrieval metrics (test images queried against train images); the
+figures of the run go to <workdir>/figures.
 SIGTERM or Ctrl-C stops it with a checkpoint of the current step; the same
 command resumes.
 

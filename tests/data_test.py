@@ -19,6 +19,20 @@ def test_loads_mnist_slice(dataset_dirs):
   assert 0.0 <= normalized.min() and normalized.max() <= 1.0
 
 
+def test_datasets_with_the_same_file_names_stay_apart(dataset_dirs, tmp_path):
+  # MNIST and Fashion-MNIST name their files alike; prepared into one data
+  # directory, each must still get its own images.
+  data_dir = str(tmp_path)
+  manual_dir = dataset_dirs["manual_dir"]
+  mnist = data.load("mnist", "test[:200]", data_dir=data_dir,
+                    manual_dir=manual_dir)
+  fashion = data.load("fashion_mnist", "test[:200]", data_dir=data_dir,
+                      manual_dir=manual_dir)
+  assert not np.array_equal(mnist.images, fashion.images)
+  # Clothes cover much more of the image than digit strokes.
+  assert mnist.images.mean() < 40 < 60 < fashion.images.mean()
+
+
 def test_manual_dir_with_a_folder_per_dataset(tmp_path):
   (tmp_path / "mnist").mkdir()
   assert data.resolve_manual_dir("mnist", str(tmp_path)) == str(

@@ -112,9 +112,15 @@ def prepare(name: str, *, data_dir: str | None = None,
           "download them.")
   logging.info("Preparing %s in %s (manual directory: %s).", name,
                builder.data_dir, manual_dir)
+  # tensorflow-datasets extracts archives to downloads/extracted/<kind>.<file
+  # name>; MNIST and Fashion-MNIST have the same file names, so a shared
+  # folder would hand one dataset the other's files. One folder per dataset.
+  extract_dir = os.path.join(str(builder.data_dir_root), "downloads",
+                             "extracted", builder.name)
   try:
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, extract_dir=extract_dir))
   except FileNotFoundError:
     raise
   except Exception as e:  # Network errors come in many types.
