@@ -31,9 +31,9 @@ _ACCURACY_KEYS = ("test_knn_accuracy_at_1", "test_map_at_r",
 def _one_per_class(labels: np.ndarray, count: int) -> np.ndarray:
   """Indices of up to `count` examples, from as many classes as possible."""
   _, first = np.unique(labels, return_index=True)
-  picked = list(np.sort(first)[:count])
-  rest = [i for i in range(len(labels)) if i not in set(picked)]
-  return np.array(picked + rest[:count - len(picked)], np.int64)
+  picked = np.sort(first)[:count]
+  rest = np.setdiff1d(np.arange(len(labels)), picked)
+  return np.concatenate([picked, rest[:count - len(picked)]]).astype(np.int64)
 
 
 def hardest_triplets(embeddings: np.ndarray, labels: np.ndarray,
