@@ -1,5 +1,7 @@
 """The row-wise argsort against NumPy's stable argsort, on both paths."""
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -30,6 +32,17 @@ class ArgsortRowsTest(parameterized.TestCase):
     got = jax.vmap(sorting.argsort_rows)(keys)
     np.testing.assert_array_equal(got, np.argsort(keys, axis=-1,
                                                   kind="stable"))
+
+  @parameterized.parameters("auto", "numpy")
+  def test_single_cpu_process_sorts_in_xla(self, implementation):
+    # A callback would hang there (see the module docstring): no callback
+    # may be traced into the program of a one-CPU process.
+    trace = lambda: str(jax.make_jaxpr(lambda k: sorting.argsort_rows(
+        k, implementation=implementation))(np.zeros((3, 4), np.uint32)))
+    with mock.patch.object(sorting, "usable_cpus", return_value=2):
+      self.assertIn("pure_callback", trace())
+    with mock.patch.object(sorting, "usable_cpus", return_value=1):
+      self.assertNotIn("pure_callback", trace())
 
   def test_bad_input(self):
     with self.assertRaisesRegex(ValueError, "uint32"):

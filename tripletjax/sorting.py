@@ -8,9 +8,17 @@ default). On the CPU backend the sort therefore runs in NumPy through
 `jax.pure_callback`;
 both paths return the same permutation (ties broken by position), so results
 do not depend on the backend.
+
+A callback needs a second CPU thread: JAX hands its inputs over through the
+CPU client's thread pool, whose one thread, on a process allowed a single CPU
+(``taskset -c 0``, a one-CPU container or job slot), is the one running the
+computation that waits for the callback. The step then hangs. There the sort
+stays in XLA.
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +51,14 @@ def _argsort_xla(keys: jax.Array) -> jax.Array:
                   num_keys=1)[1]
 
 
+def usable_cpus() -> int:
+  """How many CPUs this process may run on (its affinity mask)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
 def argsort_rows(keys: jax.Array, *, implementation: str = "auto") -> jax.Array:
   """Stable argsort along the last axis.
 
@@ -52,7 +68,8 @@ def argsort_rows(keys: jax.Array, *, implementation: str = "auto") -> jax.Array:
     keys: ``uint32`` array of shape ``[..., N]``.
     implementation: ``"auto"`` (NumPy on the CPU backend, `lax.sort`
       elsewhere), ``"numpy"`` or ``"xla"``. Inside `jax.shard_map` or
-      `jax.pmap` it is always `lax.sort`.
+      `jax.pmap`, and in a process allowed a single CPU, it is always
+      `lax.sort`.
 
   Returns:
     ``int32`` array of shape ``[..., N]``: for each row, the positions of its
@@ -70,9 +87,9 @@ def argsort_rows(keys: jax.Array, *, implementation: str = "auto") -> jax.Array:
     # back into Python while others wait in a collective can deadlock; XLA's
     # sort is slower there but safe (and it is the fast one on GPU and TPU).
     return _argsort_xla(keys)
+  if implementation == "xla" or usable_cpus() < 2:
+    return _argsort_xla(keys)
   if implementation == "numpy":
     return _argsort_callback(keys)
-  if implementation == "xla":
-    return _argsort_xla(keys)
   return lax.platform_dependent(keys, cpu=_argsort_callback,
                                 default=_argsort_xla)
