@@ -49,6 +49,10 @@ _HELP = {
     "warmup_steps": "Linear warm-up steps.",
     "weight_decay": "AdamW weight decay (0: Adam).",
     "augment_shift": "Random translation of training images, in pixels.",
+    "augment_rotation": "Random rotation of training images, up to this "
+                        "many degrees either way.",
+    "augment_scale": "Random scaling of training images by a factor in "
+                     "[1 - s, 1 + s].",
     "seed": "Seed of initialisation, sampling and augmentation.",
     "parallelism": "jit (one program over a mesh of all devices) or pmap.",
     "mining_scope": "global: mine the whole batch across devices; local: "

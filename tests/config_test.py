@@ -25,6 +25,9 @@ class ValidateTest(parameterized.TestCase):
       ("embedding_dim", 0, "embedding_dim"),
       ("widths", (), "widths"),
       ("augment_shift", -1, "augment_shift"),
+      ("augment_rotation", -5.0, "augment_rotation"),
+      ("augment_rotation", float("nan"), "augment_rotation"),
+      ("augment_scale", 1.0, "augment_scale"),
       ("eval_every", -1, "eval_every"),
       ("manual_dir", "/nonexistent/dir", "manual_dir"),
   )

@@ -56,6 +56,8 @@ class Config:
   warmup_steps: int = 100
   weight_decay: float = 0.0
   augment_shift: int = 2  # Random translation of training images, pixels.
+  augment_rotation: float = 0.0  # Random rotation, up to this many degrees.
+  augment_scale: float = 0.0  # Random scaling by 1 +- up to this fraction.
   seed: int = 0
   # Devices.
   parallelism: str = "jit"  # "jit" over a device mesh, or "pmap".
@@ -167,6 +169,11 @@ def validate(config: Config) -> Config:
   _require(isinstance(c.augment_shift, int) and 0 <= c.augment_shift <= 8,
            f"augment_shift must be an integer in [0, 8], got "
            f"{c.augment_shift!r}.")
+  _require(0 <= c.augment_rotation <= 180,
+           f"augment_rotation must be in [0, 180] degrees, got "
+           f"{c.augment_rotation!r}.")
+  _require(0 <= c.augment_scale < 1,
+           f"augment_scale must be in [0, 1), got {c.augment_scale!r}.")
   for name in ("eval_every", "checkpoint_every"):
     value = getattr(c, name)
     _require(isinstance(value, int) and value >= 0,

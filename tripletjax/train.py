@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
+from tripletjax import augment
 from tripletjax import checkpointing
 from tripletjax import config as config_lib
 from tripletjax import data
@@ -59,27 +60,6 @@ def make_optimizer(config: Config) -> optax.GradientTransformation:
   if config.weight_decay:
     return optax.adamw(schedule, weight_decay=config.weight_decay)
   return optax.adam(schedule)
-
-
-def random_shift(images: jax.Array, key: jax.Array, max_shift: int
-                 ) -> jax.Array:
-  """Translates each image by up to `max_shift` pixels, filling with zeros.
-
-  Args:
-    images: ``[B, H, W, C]``.
-    key: PRNG key.
-    max_shift: largest shift along each axis.
-
-  Returns:
-    ``[B, H, W, C]``.
-  """
-  b, h, w, _ = images.shape
-  padded = jnp.pad(images, ((0, 0), (max_shift, max_shift),
-                            (max_shift, max_shift), (0, 0)))
-  offsets = jax.random.randint(key, (b, 2), 0, 2 * max_shift + 1)
-  crop = lambda image, o: jax.lax.dynamic_slice(
-      image, (o[0], o[1], 0), (h, w, image.shape[-1]))
-  return jax.vmap(crop)(padded, offsets)
 
 
 def compute_loss(embeddings: jax.Array, labels: jax.Array, config: Config, *,
@@ -152,9 +132,10 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params)
-    x = data.normalize(images)
-    if config.augment_shift:
-      x = random_shift(x, key, config.augment_shift)
+    x = augment.augment(data.normalize(images), key,
+                        max_shift=config.augment_shift,
+                        max_rotation=config.augment_rotation,
+                        max_scale=config.augment_scale)
     return loss_of(model(x), labels)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
