@@ -69,6 +69,20 @@ def test_write_figures(tmp_path):
                       num_classes=14)
   report.write_figures(workdir, embed, train, unseen, np.arange(16),
                        metric="cosine", rows=3)
+  # Embeddings computed already (as evaluation has them) are used as they
+  # are: the same figures, and nothing embedded again.
+  report.write_figures(workdir, embed, train, test, np.arange(16),
+                       metric="euclidean", rows=4)
+  with open(os.path.join(workdir, "figures", "retrieval.png"), "rb") as f:
+    embedded = f.read()
+  def refuse(images):
+    raise AssertionError(f"embedded {len(images)} images again")
+  report.write_figures(workdir, refuse, train, test, np.arange(16),
+                       metric="euclidean", rows=4,
+                       train_embeddings=embed(train.images),
+                       test_embeddings=embed(test.images))
+  with open(os.path.join(workdir, "figures", "retrieval.png"), "rb") as f:
+    assert f.read() == embedded
 
 
 if __name__ == "__main__":

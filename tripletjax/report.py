@@ -65,14 +65,17 @@ def hardest_triplets(embeddings: np.ndarray, labels: np.ndarray,
 
 def write_figures(workdir: str, embed: Callable[[np.ndarray], np.ndarray],
                   train: data.Split, test: data.Split, batch_indices,
-                  *, metric: str, rows: int = 8,
-                  max_points: int = 5000) -> list[str]:
+                  *, metric: str, rows: int = 8, max_points: int = 5000,
+                  train_embeddings: np.ndarray | None = None,
+                  test_embeddings: np.ndarray | None = None) -> list[str]:
   """Writes the figures of the module docstring; returns their paths.
 
   Args:
     workdir: the run's directory.
     embed: ``uint8 [N, H, W, C] -> [N, D]``, in batches (host arrays).
     train, test: the run's splits.
+    train_embeddings, test_embeddings: the embeddings of the whole splits
+      where already computed (``[N, D]``), used instead of `embed`.
     batch_indices: indices into `train` of one P x K training batch.
     metric: the run's distance.
     rows: triplets and queries shown.
@@ -89,16 +92,22 @@ def write_figures(workdir: str, embed: Callable[[np.ndarray], np.ndarray],
       records, os.path.join(out, "training_curves.png"),
       accuracy_keys=_ACCURACY_KEYS))
 
+  def embeddings(split, cached, indices=None):
+    if cached is not None:
+      return cached if indices is None else cached[indices]
+    return embed(split.images if indices is None else split.images[indices])
+
   shown = np.random.default_rng(0).permutation(len(test))[:max_points]
-  test_embeddings = embed(test.images[shown])
+  shown_embeddings = embeddings(test, test_embeddings, shown)
   paths.append(plotting.embedding_projection(
-      test_embeddings, test.labels[shown],
+      shown_embeddings, test.labels[shown],
       os.path.join(out, "embeddings_2d.png")))
 
   batch_labels = train.labels[batch_indices]
   anchors = _one_per_class(batch_labels, rows)
   anchors, positive, negative, d_ap, d_an = hardest_triplets(
-      embed(train.images[batch_indices]), batch_labels, anchors,
+      embeddings(train, train_embeddings, batch_indices), batch_labels,
+      anchors,
       metric=metric)
   images = train.images[batch_indices]
   paths.append(plotting.triplet_grid(
@@ -111,14 +120,15 @@ def write_figures(workdir: str, embed: Callable[[np.ndarray], np.ndarray],
   seen = np.isin(test.labels[shown], train.labels)
   queries = _one_per_class(test.labels[shown], rows)
   if seen.all():
-    references, reference_labels = embed(train.images), train.labels
+    references = embeddings(train, train_embeddings)
+    reference_labels = train.labels
     reference_images, exclude = train.images, False
   else:
-    references, reference_labels = test_embeddings, test.labels[shown]
+    references, reference_labels = shown_embeddings, test.labels[shown]
     reference_images, exclude = test.images[shown], True
   k = min(5, len(references) - 1)
   d, index = evaluation.nearest_neighbors(
-      references if exclude else test_embeddings[queries],
+      references if exclude else shown_embeddings[queries],
       references, k=k, metric=metric, exclude_self=exclude)
   d, index = np.asarray(d), np.asarray(index)
   if exclude:

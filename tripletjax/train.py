@@ -195,17 +195,35 @@ def embedder(embed_fn, params: nnx.State, config: Config
       embed_fn, params), batch_size=config.eval_batch_size)
 
 
-def evaluate(embed_fn, params: nnx.State, train: data.Split,
-             test: data.Split, config: Config) -> dict[str, float]:
+def embed_splits(embed: Callable[[np.ndarray], np.ndarray],
+                 train: data.Split, test: data.Split
+                 ) -> tuple[np.ndarray | None, np.ndarray]:
+  """The embeddings that `evaluate` needs: ``(train or None, test)``.
+
+  The train split is embedded only if some test classes occur in it.
+  """
+  train_needed = np.isin(test.labels, train.labels).any()
+  return (embed(train.images) if train_needed else None,
+          embed(test.images))
+
+
+def evaluate(train_embeddings: np.ndarray | None, test_embeddings: np.ndarray,
+             train: data.Split, test: data.Split, config: Config
+             ) -> dict[str, float]:
   """Retrieval metrics and few-shot accuracies of the test split.
 
   Test images of classes trained on (``test_*``) query the train split.
   Those of classes never trained on (``unseen_*``: held out by
   ``config.train_classes``, or absent from the train split as in Omniglot)
   query each other, leave-one-out, and make the few-shot episodes.
+
+  Args:
+    train_embeddings, test_embeddings: as `embed_splits` gives them,
+      ``[N, D]``.
+    train, test: the splits.
+    config: metric, k-NN and few-shot settings.
   """
-  embed = embedder(embed_fn, params, config)
-  queries = embed(test.images)
+  queries = test_embeddings
   seen = np.isin(test.labels, train.labels)
   results = {}
 
@@ -214,7 +232,7 @@ def evaluate(embed_fn, params: nnx.State, train: data.Split,
 
   if seen.any():
     add("test", retrieval.retrieval_metrics(
-        queries[seen], test.labels[seen], embed(train.images), train.labels,
+        queries[seen], test.labels[seen], train_embeddings, train.labels,
         metric=config.metric, knn_ks=config.knn_ks))
   if (~seen).sum() > max(config.knn_ks):
     unseen_labels = test.labels[~seen]
@@ -436,8 +454,9 @@ def train_and_evaluate(
       if save_due or done == config.steps:
         checkpointer.maybe_save(done, devices.host_state(state), force=True)
       if eval_due and done < config.steps:
-        writer.write_scalars(done, evaluate(embed_fn, current_params(),
-                                            train, test, config))
+        embeddings = embed_splits(
+            embedder(embed_fn, current_params(), config), train, test)
+        writer.write_scalars(done, evaluate(*embeddings, train, test, config))
   if pending is not None:
     read_back(pending)
   train_seconds = time.time() - loop_start
@@ -450,13 +469,16 @@ def train_and_evaluate(
     return {"interrupted": True, "steps": last_step}
 
   # Final evaluation and figures.
-  params = current_params()
-  results = evaluate(embed_fn, params, train, test, config)
+  embed = embedder(embed_fn, current_params(), config)
+  train_embeddings, test_embeddings = embed_splits(embed, train, test)
+  results = evaluate(train_embeddings, test_embeddings, train, test, config)
   writer.write_scalars(last_step, results)
   writer.close()
   if is_main and config.write_figures:
-    report.write_figures(workdir, embedder(embed_fn, params, config), train,
-                         test, sampler(last_step), metric=config.metric)
+    report.write_figures(workdir, embed, train, test, sampler(last_step),
+                         metric=config.metric,
+                         train_embeddings=train_embeddings,
+                         test_embeddings=test_embeddings)
   steps_run = last_step - first_step
   results = {
       **results,
