@@ -27,7 +27,11 @@ from tripletjax import retrieval
 from tripletjax import train
 
 _PCA_DIM = flags.DEFINE_integer("pca_dim", 64, "Components kept by PCA.")
-_STEPS = flags.DEFINE_integer("steps", 3000, "Training steps of the networks.")
+_STEPS = flags.DEFINE_integer("steps", 3000, "Training steps of the CNN.")
+_MLP_STEPS = flags.DEFINE_integer(
+    "mlp_steps", 15000,
+    "Training steps of the MLP (a step costs it about a hundredth of the "
+    "CNN's).")
 _BEST_LOSS = flags.DEFINE_string("best_loss", "batch_all",
                                  "Mining strategy of the CNN.")
 _MLP_WIDTH = flags.DEFINE_integer("mlp_width", 256,
@@ -81,12 +85,12 @@ def main(argv):
   networks = [  # (method, workdir name, settings)
       (f"MLP (tanh {_MLP_WIDTH.value}), random triplets", "mlp",
        dict(model="mlp", loss="random_triplets", widths=(_MLP_WIDTH.value,),
-            triplets_per_batch=base.batch_size // 3)),
+            triplets_per_batch=base.batch_size // 3, steps=_MLP_STEPS.value)),
       (f"CNN, {_BEST_LOSS.value}", "cnn", dict(loss=_BEST_LOSS.value)),
   ]
   for method, name, settings in networks:
     if study.QUICK.value:
-      settings.update(widths=base.widths,
+      settings.update(widths=base.widths, steps=base.steps,
                       triplets_per_batch=base.triplets_per_batch)
     for seed in study.seeds():
       results = study.run(base.replace(seed=seed, **settings),
