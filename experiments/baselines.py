@@ -93,8 +93,9 @@ def main(argv):
       settings.update(widths=base.widths, steps=base.steps,
                       triplets_per_batch=base.triplets_per_batch)
     for seed in study.seeds():
-      results = study.run(base.replace(seed=seed, **settings),
-                          os.path.join(out, f"{name}-seed{seed}"))
+      config = base.replace(seed=seed, **settings)
+      results = study.run(config, study.workdir(out, f"{name}-seed{seed}",
+                                                config))
       add(method, seed, results["wall_seconds_this_run"],
           {key.removeprefix("test_"): value for key, value in results.items()})
   print(study.write_report(

@@ -53,7 +53,7 @@ def main(argv):
       config = base.replace(classes_per_batch=p, examples_per_class=k,
                             steps=steps, warmup_steps=min(100, steps // 10),
                             checkpoint_every=max(steps // 4, 1), seed=seed)
-      workdir = os.path.join(out, f"batch{p * k}-seed{seed}")
+      workdir = study.workdir(out, f"batch{p * k}-seed{seed}", config)
       results = study.run(config, workdir)
       rows.append({"batch size": p * k, "P": p, "K": k, "steps": steps,
                    "seed": seed,

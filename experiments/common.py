@@ -108,10 +108,15 @@ def config_from_flags() -> config_lib.Config:
   return config_lib.Config(**values)
 
 
+def settings_digest(config: config_lib.Config) -> str:
+  """Eight hex digits that name `config`'s settings."""
+  return hashlib.sha256(config.to_json().encode()).hexdigest()[:8]
+
+
 def default_workdir(config: config_lib.Config) -> str:
-  """``runs/<dataset>-<loss>-<hash>``: the same settings, the same run."""
-  digest = hashlib.sha256(config.to_json().encode()).hexdigest()[:8]
-  return os.path.join("runs", f"{config.dataset}-{config.loss}-{digest}")
+  """``runs/<dataset>-<loss>-<digest>``: the same settings, the same run."""
+  return os.path.join(
+      "runs", f"{config.dataset}-{config.loss}-{settings_digest(config)}")
 
 
 def format_metrics(results: dict[str, Any]) -> str:

@@ -50,8 +50,9 @@ def main(argv):
   rows, curves = [], {}
   for strategy in _STRATEGIES.value:
     for seed in study.seeds():
-      workdir = os.path.join(out, f"{strategy}-seed{seed}")
-      results = study.run(base.replace(loss=strategy, seed=seed), workdir)
+      config = base.replace(loss=strategy, seed=seed)
+      workdir = study.workdir(out, f"{strategy}-seed{seed}", config)
+      results = study.run(config, workdir)
       rows.append({
           "strategy": strategy, "seed": seed,
           **{column: results[key] for column, key in study.METRICS},

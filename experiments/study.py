@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 from absl import flags
 import numpy as np
 
+from experiments import common
 from tripletjax import config as config_lib
 from tripletjax import train
 
@@ -64,6 +65,12 @@ def seeds() -> range:
 def output_dir(script: str) -> str:
   return OUTPUT_DIR.value or os.path.join(
       "runs", f"{script}-{DATASET.value}" + ("-quick" if QUICK.value else ""))
+
+
+def workdir(out: str, name: str, config: config_lib.Config) -> str:
+  """``out/<name>-<digest of the settings>``: a study relaunched with other
+  settings (more steps, say) trains new runs beside the old ones."""
+  return os.path.join(out, f"{name}-{common.settings_digest(config)}")
 
 
 def run(config: config_lib.Config, workdir: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ The kill and signal tests run the main job in a subprocess, as a user or a
 cluster scheduler would.
 """
 
+import json
 import os
 import pathlib
 import re
@@ -170,6 +171,22 @@ def test_config_change_needs_the_override(dataset_dirs, tmp_path):
   results = train.train_and_evaluate(changed, str(tmp_path),
                                      allow_config_change=True)
   assert results["steps"] == 8 and results["steps_this_run"] == 4
+
+
+def test_run_recorded_before_a_setting_existed_resumes(dataset_dirs,
+                                                        tmp_path):
+  # A workdir written before a setting was added lacks it: it had the
+  # default's behaviour, so it is no difference.
+  config = train_test.tiny_config(dataset_dirs, steps=4, checkpoint_every=0)
+  train.train_and_evaluate(config, str(tmp_path))
+  path = tmp_path / "config.json"
+  recorded = json.loads(path.read_text())
+  del recorded["augment_rotation"]
+  path.write_text(json.dumps(recorded))
+  with pytest.raises(ValueError, match=r"different settings \(steps: 4 -> 6\)"):
+    train.train_and_evaluate(config.replace(steps=6), str(tmp_path))
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["steps"] == 4 and results["steps_this_run"] == 0
 
 
 BAD_FLAGS = (

@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+from experiments import study
+from tripletjax import config as config_lib
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -49,3 +52,11 @@ def _run(module, flags):
   return subprocess.run([sys.executable, "-m", module, *flags], cwd=REPO,
                         capture_output=True, text=True, timeout=600,
                         env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_changed_settings_get_a_workdir_of_their_own():
+  config = config_lib.Config(steps=3000)
+  name = study.workdir("out", "mlp-seed0", config)
+  assert name.startswith(os.path.join("out", "mlp-seed0-"))
+  assert study.workdir("out", "mlp-seed0", config_lib.Config(steps=3000)) == name
+  assert study.workdir("out", "mlp-seed0", config.replace(steps=15000)) != name

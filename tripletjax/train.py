@@ -322,8 +322,9 @@ def _prepare_workdir(workdir: str, config: Config, *,
     raise ValueError(f"workdir {workdir!r} is not writable.")
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
+    # Settings added since the run was recorded have their defaults there.
     with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+      saved = {**json.loads(Config().to_json()), **json.load(f)}
     current = json.loads(config.to_json())
     changed = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k))
