@@ -30,7 +30,7 @@ _PCA_DIM = flags.DEFINE_integer("pca_dim", 64, "Components kept by PCA.")
 _STEPS = flags.DEFINE_integer("steps", 3000, "Training steps of the CNN.")
 _MLP_STEPS = flags.DEFINE_integer(
     "mlp_steps", 15000,
-    "Training steps of the MLP (a step costs it about a hundredth of the "
+    "Training steps of the MLP (a step costs it about a twentieth of the "
     "CNN's).")
 _BEST_LOSS = flags.DEFINE_string("best_loss", "batch_all",
                                  "Mining strategy of the CNN.")

@@ -53,7 +53,7 @@ def test_scaling_about_the_centre_by_hand():
   np.testing.assert_allclose(out[0, ..., 0], expected, atol=1e-6)
 
 
-def test_random_affine_draws_within_range_and_keeps_values_in_range():
+def test_random_affine_keeps_values_in_range_and_changes_every_image():
   images = jax.random.uniform(jax.random.key(3), (64, 12, 12, 1))
   out = augment.random_affine(images, jax.random.key(4), max_shift=2,
                               max_rotation=15.0, max_scale=0.1)

@@ -183,7 +183,8 @@ def test_run_recorded_before_a_setting_existed_resumes(dataset_dirs,
   recorded = json.loads(path.read_text())
   del recorded["augment_rotation"]
   path.write_text(json.dumps(recorded))
-  with pytest.raises(ValueError, match=r"different settings \(steps: 4 -> 6\)"):
+  with pytest.raises(ValueError,
+                     match=r"different settings \(steps: 4 -> 6\)"):
     train.train_and_evaluate(config.replace(steps=6), str(tmp_path))
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 4 and results["steps_this_run"] == 0

@@ -58,5 +58,6 @@ def test_changed_settings_get_a_workdir_of_their_own():
   config = config_lib.Config(steps=3000)
   name = study.workdir("out", "mlp-seed0", config)
   assert name.startswith(os.path.join("out", "mlp-seed0-"))
-  assert study.workdir("out", "mlp-seed0", config_lib.Config(steps=3000)) == name
+  same = config_lib.Config(steps=3000)
+  assert study.workdir("out", "mlp-seed0", same) == name
   assert study.workdir("out", "mlp-seed0", config.replace(steps=15000)) != name

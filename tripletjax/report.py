@@ -107,8 +107,7 @@ def write_figures(workdir: str, embed: Callable[[np.ndarray], np.ndarray],
   anchors = _one_per_class(batch_labels, rows)
   anchors, positive, negative, d_ap, d_an = hardest_triplets(
       embeddings(train, train_embeddings, batch_indices), batch_labels,
-      anchors,
-      metric=metric)
+      anchors, metric=metric)
   images = train.images[batch_indices]
   paths.append(plotting.triplet_grid(
       images[anchors], images[positive], images[negative],
