@@ -19,6 +19,7 @@ from absl import logging
 
 from tripletjax import config as config_lib
 from tripletjax import data
+from tripletjax import xla_cpu
 
 _HELP = {
     "dataset": "tensorflow-datasets name (mnist, fashion_mnist, ...).",
@@ -137,7 +138,10 @@ def _quiet_orbax(record) -> bool:
 
 
 def run(main: Callable[[list[str]], Any]) -> None:
-  """`app.run`, with bad settings reported in one line instead of a trace."""
+  """`app.run`, with the fast XLA CPU flags (`tripletjax.xla_cpu`) and bad
+  settings reported in one line instead of a trace."""
+  xla_cpu.use_fast_cpu_flags()
+
   def guarded(argv):
     logging.get_absl_handler().addFilter(_quiet_orbax)
     try:
