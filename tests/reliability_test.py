@@ -80,9 +80,12 @@ def test_sigkill_then_relaunch_equals_uninterrupted_run(dataset_dirs,
   assert relaunched.returncode == 0, output[-3000:]
   assert f"Resumed from the checkpoint of step {done[-1]}" in output
 
+  # The uninterrupted run goes through the same script (and XLA flags).
   straight = tmp_path / "straight"
+  uninterrupted = start_job(job_flags(dataset_dirs, straight, steps=steps))
+  output = uninterrupted.communicate(timeout=300)[0]
+  assert uninterrupted.returncode == 0, output[-3000:]
   config = config_of(dataset_dirs, steps)
-  train.train_and_evaluate(config, str(straight))
   for want, got in zip(final_params(config, straight),
                        final_params(config, killed)):
     np.testing.assert_array_equal(want, got)
