@@ -140,10 +140,9 @@ def _quiet_orbax(record) -> bool:
 def run(main: Callable[[list[str]], Any]) -> None:
   """`app.run`, with the fast XLA CPU flags (`tripletjax.xla_cpu`) and bad
   settings reported in one line instead of a trace."""
-  xla_cpu.use_fast_cpu_flags()
-
   def guarded(argv):
     logging.get_absl_handler().addFilter(_quiet_orbax)
+    xla_cpu.use_fast_cpu_flags()  # Before `main` starts JAX; logs from here.
     try:
       return main(argv)
     except (ValueError, FileNotFoundError) as e:

@@ -43,6 +43,14 @@ def start_job(flags):
       env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+def run_job(flags):
+  """Runs a job to its end; its output."""
+  job = start_job(flags)
+  output = job.communicate(timeout=300)[0]
+  assert job.returncode == 0, output[-3000:]
+  return output
+
+
 def wait_for_checkpoint(workdir, step, process, timeout=120):
   path = pathlib.Path(workdir) / "checkpoints" / str(step)
   deadline = time.monotonic() + timeout
@@ -75,16 +83,12 @@ def test_sigkill_then_relaunch_equals_uninterrupted_run(dataset_dirs,
   done = sorted(int(p.name) for p in (killed / "checkpoints").iterdir()
                 if p.name.isdigit())
   assert done[-1] < steps, "the job finished before it was killed"
-  relaunched = start_job(flags)
-  output = relaunched.communicate(timeout=300)[0]
-  assert relaunched.returncode == 0, output[-3000:]
+  output = run_job(flags)
   assert f"Resumed from the checkpoint of step {done[-1]}" in output
 
   # The uninterrupted run goes through the same script (and XLA flags).
   straight = tmp_path / "straight"
-  uninterrupted = start_job(job_flags(dataset_dirs, straight, steps=steps))
-  output = uninterrupted.communicate(timeout=300)[0]
-  assert uninterrupted.returncode == 0, output[-3000:]
+  run_job(job_flags(dataset_dirs, straight, steps=steps))
   config = config_of(dataset_dirs, steps)
   for want, got in zip(final_params(config, straight),
                        final_params(config, killed)):

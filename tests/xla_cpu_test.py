@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Runs under the flags: a convolution, its input and weight gradients.
 _CONV_UNDER_FLAGS = """
 import json, sys
-import jax, jax.numpy as jnp, numpy as np
+import jax, numpy as np
 from tripletjax import xla_cpu
 xla_cpu.use_fast_cpu_flags()
 x, w, g = (np.asarray(a, np.float32) for a in json.loads(sys.stdin.read()))

@@ -5,8 +5,8 @@ libraries. On the reference CNN their weight gradients and forward passes
 are slower than XLA's own (Eigen) convolutions: keeping YNNPACK for matrix
 products only and turning XNNPACK off takes the train step from about
 2,300-2,700 to about 3,400 images/s on two cores (`experiments.benchmark_train`
-with and without them; the README has the table). Both are XLA's own kernels,
-so results agree to floating-point rounding.
+with and without them; the README has the table). Results agree to
+floating-point rounding either way.
 
 XLA reads ``XLA_FLAGS`` once, when the first backend starts: call
 `use_fast_cpu_flags` before anything runs on a device (the scripts of
