@@ -2,10 +2,9 @@
 
 The original MNIST files are read from $TRIPLETJAX_MANUAL_DIR, else from
 ../shared/datasets beside the repository. Prepared data is cached in .tfds/
-in the repository, prepared once under a file lock (tests run in parallel).
+in the repository (`data.prepare` locks, so parallel tests prepare it once).
 """
 
-import fcntl
 import os
 import pathlib
 
@@ -25,8 +24,5 @@ def dataset_dirs():
   if not os.path.isdir(os.path.join(MANUAL_DIR, "mnist")):
     pytest.fail(f"The offline MNIST files are missing from {MANUAL_DIR}; set "
                 f"${data.MANUAL_DIR_ENV}.")
-  os.makedirs(DATA_DIR, exist_ok=True)
-  with open(os.path.join(DATA_DIR, ".lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    data.prepare("mnist", data_dir=DATA_DIR, manual_dir=MANUAL_DIR)
+  data.prepare("mnist", data_dir=DATA_DIR, manual_dir=MANUAL_DIR)
   return {"data_dir": DATA_DIR, "manual_dir": MANUAL_DIR}

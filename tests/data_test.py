@@ -1,6 +1,8 @@
 """Loading real MNIST offline, and the errors of a bad manual directory."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -60,3 +62,23 @@ def test_unknown_dataset_and_split(dataset_dirs):
     data.load("no_such_dataset", "train", **dataset_dirs)
   with pytest.raises(ValueError, match="no split 'validation'"):
     data.load("mnist", "validation", **dataset_dirs)
+
+
+def test_runs_launched_together_prepare_the_dataset_once(dataset_dirs,
+                                                         tmp_path):
+  # Two processes preparing into one fresh data directory used to extract
+  # the same archives at once, and one of them failed.
+  script = ("import sys; from tripletjax import data; "
+            "s = data.load('mnist', 'test[:50]', data_dir=sys.argv[1], "
+            "manual_dir=sys.argv[2]); print(int(s.labels.sum()))")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  runs = [subprocess.Popen(
+      [sys.executable, "-c", script, str(tmp_path),
+       dataset_dirs["manual_dir"]], cwd=repo, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outputs = [run.communicate(timeout=300) for run in runs]
+  for run, (_, stderr) in zip(runs, outputs):
+    assert run.returncode == 0, stderr[-2000:]
+  expected = int(data.load("mnist", "test[:50]", **dataset_dirs).labels.sum())
+  assert [int(out.strip().splitlines()[-1]) for out, _ in outputs] == [
+      expected, expected]

@@ -13,7 +13,9 @@ variable ``TRIPLETJAX_MANUAL_DIR`` supplies the default.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 
 from absl import logging
@@ -93,11 +95,34 @@ def prepare(name: str, *, data_dir: str | None = None,
     RuntimeError: the download failed (typically: no network and no
       manual directory).
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   _hide_accelerators_from_tensorflow()
   builder = _builder(name, data_dir)
   if builder.is_prepared():
     return builder
+  # Runs launched together on a fresh machine would otherwise extract the
+  # same files at once and fail; the second one waits, then finds the data.
+  with _exclusive_lock(os.path.join(str(builder.data_dir_root),
+                                    f".{builder.name}.prepare.lock")):
+    builder = _builder(name, data_dir)
+    if not builder.is_prepared():
+      _download_and_prepare(builder, name, manual_dir)
+  return builder
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: str):
+  """Holds an exclusive lock on file `path` (shared by all processes)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _download_and_prepare(builder, name: str, manual_dir: str | None) -> None:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   manual_dir = resolve_manual_dir(name, manual_dir)
   if manual_dir is not None:
     wanted = sorted({info.filename or os.path.basename(url)
@@ -129,7 +154,6 @@ def prepare(name: str, *, data_dir: str | None = None,
         f"{str(e).splitlines()[0] if str(e) else ''}). Offline, pass a manual "
         f"directory holding its original download files (--manual_dir or "
         f"${MANUAL_DIR_ENV}).") from e
-  return builder
 
 
 def load(name: str, split: str, *, data_dir: str | None = None,
