@@ -414,8 +414,13 @@ def train_and_evaluate(
                                               tx=tx, config=config))
   embed_fn = jax.jit(functools.partial(embed_images, graphdef=graphdef))
 
-  def current_params():  # One host copy, for evaluation on a local device.
-    return jax.device_get(devices.host_state(state).params)
+  def evaluate_now():
+    """``(embed, (train, test) embeddings, metrics)`` of the current params,
+    copied to the host once and evaluated on a local device."""
+    params = jax.device_get(devices.host_state(state).params)
+    embed = embedder(embed_fn, params, config)
+    embeddings = embed_splits(embed, train, test)
+    return embed, embeddings, evaluate(*embeddings, train, test, config)
 
   # Loop.
   writer = writers.create_default_writer(workdir, enabled=is_main)
@@ -455,9 +460,7 @@ def train_and_evaluate(
       if save_due or done == config.steps:
         checkpointer.maybe_save(done, devices.host_state(state), force=True)
       if eval_due and done < config.steps:
-        embeddings = embed_splits(
-            embedder(embed_fn, current_params(), config), train, test)
-        writer.write_scalars(done, evaluate(*embeddings, train, test, config))
+        writer.write_scalars(done, evaluate_now()[2])
   if pending is not None:
     read_back(pending)
   train_seconds = time.time() - loop_start
@@ -470,9 +473,7 @@ def train_and_evaluate(
     return {"interrupted": True, "steps": last_step}
 
   # Final evaluation and figures.
-  embed = embedder(embed_fn, current_params(), config)
-  train_embeddings, test_embeddings = embed_splits(embed, train, test)
-  results = evaluate(train_embeddings, test_embeddings, train, test, config)
+  embed, (train_embeddings, test_embeddings), results = evaluate_now()
   writer.write_scalars(last_step, results)
   writer.close()
   if is_main and config.write_figures:
