@@ -86,6 +86,9 @@ def prepare(name: str, *, data_dir: str | None = None,
             manual_dir: str | None = None):
   """Downloads (or takes from `manual_dir`) and prepares dataset `name`.
 
+  Processes preparing the same dataset at once take turns (a file lock in
+  the data directory): the first prepares it, the others then read it.
+
   Returns:
     The prepared `tfds.core.DatasetBuilder`.
 
@@ -103,6 +106,8 @@ def prepare(name: str, *, data_dir: str | None = None,
   # same files at once and fail; the second one waits, then finds the data.
   with _exclusive_lock(os.path.join(str(builder.data_dir_root),
                                     f".{builder.name}.prepare.lock")):
+    # A builder reads the split information when it is made: one made
+    # before another process prepared the data would have none.
     builder = _builder(name, data_dir)
     if not builder.is_prepared():
       _download_and_prepare(builder, name, manual_dir)
