@@ -60,6 +60,43 @@ class DistancesTest(parameterized.TestCase):
         distances.paired_distances(x[:1], x[1:], metric="euclidean"), [1e-3],
         rtol=1e-6)
 
+  @parameterized.product(metric=distances.METRICS, normalized=(False, True),
+                         cross=(False, True))
+  def test_duplicated_and_near_duplicated_rows(self, metric, normalized,
+                                               cross):
+    """Close pairs are as accurate as float32 rounding of the true
+    distances allows: duplicates at exactly 0, near-duplicates to a few
+    ulps (the Gram-matrix expansion alone gives sqrt(eps) * |x|)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(24, 64)).astype(np.float32)
+    x *= (2.76 / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    if normalized:
+      x /= np.linalg.norm(x, axis=1, keepdims=True).astype(np.float32)
+    x[5] = x[3]  # Duplicates, within and across what would be classes.
+    x[17] = x[3]
+    for row, size in ((7, 1e-2), (9, 1e-4), (11, 1e-6)):  # Near-duplicates.
+      x[row] = x[2] + np.float32(size) * rng.normal(size=64).astype(
+          np.float32)
+    want = reference.pairwise_distances(x, metric)
+    if cross:  # Rows against a shuffled copy: no diagonal to rely on.
+      perm = rng.permutation(len(x))
+      got = np.asarray(distances.pairwise_distances(x, x[perm],
+                                                    metric=metric))
+      want = want[:, perm]
+    else:
+      got = np.asarray(distances.pairwise_distances(x, metric=metric))
+    self.assertEqual(got[3, 5 if not cross else np.flatnonzero(perm == 5)[0]],
+                     0.0)
+    eps = np.finfo(np.float32).eps
+    # A distance from float32 differences of D = 64 components carries a
+    # relative error of a few eps; a cosine distance also inherits the
+    # rounding of the normalised rows, eps absolute on each component, so
+    # sqrt(2 c) (the distance of the unit vectors) is off by a few eps.
+    tolerance = 16 * eps * want
+    if metric == "cosine":
+      tolerance += 16 * eps * np.sqrt(2 * want)
+    np.testing.assert_array_less(np.abs(got - want), tolerance + 1e-30)
+
   def test_bad_input(self):
     with self.assertRaisesRegex(ValueError, "metric"):
       distances.pairwise_distances(jnp.zeros((2, 2)), metric="l1")
