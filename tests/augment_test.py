@@ -75,3 +75,17 @@ def test_augment_chooses_the_transform():
       augment.augment(images, key, max_shift=1, max_rotation=5.0),
       augment.random_affine(images, key, max_shift=1, max_rotation=5.0,
                             max_scale=0.0))
+
+
+def test_rows_of_a_global_batch_draw_as_in_the_whole_batch():
+  """A device holding some rows of the batch augments them as one device
+  holding the whole batch does."""
+  images = jax.random.uniform(jax.random.key(5), (8, 10, 10, 1))
+  key = jax.random.key(6)
+  for settings in (dict(max_shift=2),
+                   dict(max_shift=1, max_rotation=30.0, max_scale=0.2)):
+    whole = augment.augment(images, key, **settings)
+    for first in (0, 2, 6):
+      part = augment.augment(images[first:first + 2], key, first_row=first,
+                             batch_size=8, **settings)
+      np.testing.assert_array_equal(part, whole[first:first + 2])

@@ -94,12 +94,29 @@ STEP_SCRIPT = """
             name, how, local_loss, np.mean(shard_losses))
         assert not np.isclose(local_loss, loss, rtol=1e-3), (name, how)
       print(name, "ok")
+
+    # Augmentation draws depend on (seed, step, row of the global batch),
+    # not on the device a row lands on.
+    for name, changes in (("shifts", {}),
+                          ("affine", dict(augment_rotation=20.0,
+                                          augment_scale=0.2))):
+      config = config_lib.Config(loss="batch_all", margin=0.3, **changes)
+      loss, params = run(config, "one")
+      unaugmented, _ = run(config.replace(augment_shift=0, augment_rotation=0.0,
+                                          augment_scale=0.0), "one")
+      assert not np.isclose(loss, unaugmented, rtol=1e-3), name
+      for how in ("jit", "pmap"):
+        other_loss, other_params = run(config, how)
+        assert np.isclose(other_loss, loss, rtol=1e-5), (name, how, loss,
+                                                         other_loss)
+        assert close(other_params, params), (name, how)
+      print("augmentation", name, "ok")
 """
 
 
 def test_one_step_same_on_one_and_eight_devices():
   out = run_script(STEP_SCRIPT)
-  assert out.count(" ok") == len(config_lib.LOSS_NAMES), out
+  assert out.count(" ok") == len(config_lib.LOSS_NAMES) + 2, out
 
 
 def test_batch_all_with_a_global_batch_of_8192_on_eight_devices():

@@ -2,6 +2,12 @@
 
 Pure functions of a batch and a PRNG key, run inside the compiled train step
 (each image its own draw), so they cost no host time and no transfer.
+
+An image's draw depends on the key and on its row in the global batch, not
+on the device the row is on: a device holding rows ``first_row ..
+first_row + b - 1`` of a global batch of ``batch_size`` rows draws for the
+whole batch (a few numbers per image) and keeps its own rows. So 1 device, a
+mesh under `jax.jit` and `jax.pmap` augment every image alike.
 """
 
 from __future__ import annotations
@@ -10,8 +16,17 @@ import jax
 import jax.numpy as jnp
 
 
-def random_shift(images: jax.Array, key: jax.Array, max_shift: int
-                 ) -> jax.Array:
+def _own_rows(drawn: jax.Array, first_row: int | jax.Array, count: int
+              ) -> jax.Array:
+  """Rows ``first_row .. first_row + count - 1`` of a global draw."""
+  if drawn.shape[0] == count:
+    return drawn
+  return jax.lax.dynamic_slice_in_dim(drawn, first_row, count)
+
+
+def random_shift(images: jax.Array, key: jax.Array, max_shift: int, *,
+                 first_row: int | jax.Array = 0,
+                 batch_size: int | None = None) -> jax.Array:
   """Translates each image by a whole number of pixels, filling with zeros.
 
   Args:
@@ -19,6 +34,8 @@ def random_shift(images: jax.Array, key: jax.Array, max_shift: int
     key: PRNG key.
     max_shift: largest shift along each axis; each axis draws uniformly from
       ``-max_shift..max_shift``.
+    first_row: the global row of ``images[0]`` (see the module doc).
+    batch_size: rows of the global batch (default: ``B``).
 
   Returns:
     ``[B, H, W, C]``.
@@ -26,14 +43,17 @@ def random_shift(images: jax.Array, key: jax.Array, max_shift: int
   b, h, w, _ = images.shape
   padded = jnp.pad(images, ((0, 0), (max_shift, max_shift),
                             (max_shift, max_shift), (0, 0)))
-  offsets = jax.random.randint(key, (b, 2), 0, 2 * max_shift + 1)
+  offsets = _own_rows(jax.random.randint(
+      key, (batch_size or b, 2), 0, 2 * max_shift + 1), first_row, b)
   crop = lambda image, o: jax.lax.dynamic_slice(
       image, (o[0], o[1], 0), (h, w, image.shape[-1]))
   return jax.vmap(crop)(padded, offsets)
 
 
 def random_affine(images: jax.Array, key: jax.Array, *, max_shift: int,
-                  max_rotation: float, max_scale: float) -> jax.Array:
+                  max_rotation: float, max_scale: float,
+                  first_row: int | jax.Array = 0,
+                  batch_size: int | None = None) -> jax.Array:
   """Rotates, scales and translates each image by a random draw
   (`affine_warp`). With ``max_rotation == max_scale == 0`` this equals
   `random_shift` for the same key.
@@ -46,19 +66,24 @@ def random_affine(images: jax.Array, key: jax.Array, *, max_shift: int,
     max_rotation: the angle is uniform in ``[-max_rotation, max_rotation]``
       degrees.
     max_scale: the scale is uniform in ``[1 - max_scale, 1 + max_scale]``.
+    first_row: the global row of ``images[0]`` (see the module doc).
+    batch_size: rows of the global batch (default: ``B``).
 
   Returns:
     ``[B, H, W, C]``.
   """
   b = images.shape[0]
+  n = batch_size or b
   # The same draw as random_shift (whose crop offset o is the translation
   # max_shift - o), then the angle and scale from a key of their own.
-  shifts = max_shift - jax.random.randint(key, (b, 2), 0, 2 * max_shift + 1)
+  shifts = max_shift - jax.random.randint(key, (n, 2), 0, 2 * max_shift + 1)
   rotation_key, scale_key = jax.random.split(jax.random.fold_in(key, 1))
   angles = jnp.deg2rad(jax.random.uniform(
-      rotation_key, (b,), minval=-max_rotation, maxval=max_rotation))
-  scales = 1 + jax.random.uniform(scale_key, (b,), minval=-max_scale,
+      rotation_key, (n,), minval=-max_rotation, maxval=max_rotation))
+  scales = 1 + jax.random.uniform(scale_key, (n,), minval=-max_scale,
                                   maxval=max_scale)
+  shifts, angles, scales = (_own_rows(v, first_row, b)
+                            for v in (shifts, angles, scales))
   return affine_warp(images, shifts.astype(images.dtype), angles, scales)
 
 
@@ -97,7 +122,9 @@ def affine_warp(images: jax.Array, shifts: jax.Array, angles: jax.Array,
 
 
 def augment(images: jax.Array, key: jax.Array, *, max_shift: int = 0,
-            max_rotation: float = 0.0, max_scale: float = 0.0) -> jax.Array:
+            max_rotation: float = 0.0, max_scale: float = 0.0,
+            first_row: int | jax.Array = 0,
+            batch_size: int | None = None) -> jax.Array:
   """The cheapest of `random_shift` and `random_affine` that does the job.
 
   Args:
@@ -105,13 +132,17 @@ def augment(images: jax.Array, key: jax.Array, *, max_shift: int = 0,
     key: PRNG key.
     max_shift, max_rotation, max_scale: as in `random_affine`; all zero
       returns `images` unchanged.
+    first_row: the global row of ``images[0]`` (see the module doc).
+    batch_size: rows of the global batch (default: ``B``).
 
   Returns:
     ``[B, H, W, C]``.
   """
+  rows = dict(first_row=first_row, batch_size=batch_size)
   if max_rotation or max_scale:
     return random_affine(images, key, max_shift=max_shift,
-                         max_rotation=max_rotation, max_scale=max_scale)
+                         max_rotation=max_rotation, max_scale=max_scale,
+                         **rows)
   if max_shift:
-    return random_shift(images, key, max_shift)
+    return random_shift(images, key, max_shift, **rows)
   return images

@@ -121,8 +121,10 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     ``loss`` and ``grad_norm``.
   """
   key = jax.random.fold_in(jax.random.key(config.seed), state.step)
-  if axis_name is not None:  # Each device shifts its own images.
-    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+  rows = {}
+  if axis_name is not None:  # This device's rows of the global batch.
+    rows = dict(first_row=jax.lax.axis_index(axis_name) * images.shape[0],
+                batch_size=images.shape[0] * jax.lax.axis_size(axis_name))
   loss_of = functools.partial(compute_loss, config=config, axis_name=axis_name)
   if mesh is not None and mesh.size > 1:
     axis = parallel.DATA_AXIS
@@ -135,7 +137,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     x = augment.augment(data.normalize(images), key,
                         max_shift=config.augment_shift,
                         max_rotation=config.augment_rotation,
-                        max_scale=config.augment_scale)
+                        max_scale=config.augment_scale, **rows)
     return loss_of(model(x), labels)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
