@@ -60,11 +60,11 @@ def main(argv):
     results = train.train_and_evaluate(
         config, workdir, should_stop=stop,
         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  if jax.process_index() != 0:
-    return
-  if results.get("interrupted"):
+  if results.get("interrupted"):  # Said by every process.
     print(f"Stopped at step {results['steps']} with a checkpoint; the same "
           "command resumes.")
+    return
+  if jax.process_index() != 0:
     return
   print(common.format_metrics(results))
   print(f"after {results['steps']} steps "

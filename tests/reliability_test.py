@@ -95,25 +95,57 @@ def test_sigkill_then_relaunch_equals_uninterrupted_run(dataset_dirs,
     np.testing.assert_array_equal(want, got)
 
 
-def test_sigterm_writes_a_checkpoint_of_the_current_step(dataset_dirs,
-                                                         tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_writes_a_checkpoint_of_the_current_step(dataset_dirs,
+                                                        tmp_path, signum):
+  """A preemption notice (SIGTERM) or Ctrl-C (SIGINT)."""
   job = start_job(job_flags(dataset_dirs, tmp_path, steps=100000,
                             checkpoint_every=1000))
-  # Wait until training runs (the metrics file grows), then preempt.
-  metrics = tmp_path / "metrics.jsonl"
+  wait_until_training(tmp_path, job)
+  job.send_signal(signum)
+  output = job.communicate(timeout=120)[0]
+  assert job.returncode == 0, output[-3000:]
+  step = stopped_step(output)
+  assert 0 < step < 1000
+  assert (tmp_path / "checkpoints" / str(step)).is_dir()
+
+
+def wait_until_training(workdir, job, size=2000):
+  """Waits until the job's metrics file has grown to `size` bytes."""
+  metrics = pathlib.Path(workdir) / "metrics.jsonl"
   deadline = time.monotonic() + 120
-  while not (metrics.exists() and metrics.stat().st_size > 2000):
+  while not (metrics.exists() and metrics.stat().st_size > size):
     assert job.poll() is None, job.communicate()[0][-3000:]
     assert time.monotonic() < deadline
     time.sleep(0.05)
-  job.send_signal(signal.SIGTERM)
-  output = job.communicate(timeout=120)[0]
-  assert job.returncode == 0, output[-3000:]
+
+
+def stopped_step(output):
+  """The step of the job's "Stopped at step N" line."""
   line = [l for l in output.splitlines() if l.startswith("Stopped at step")]
   assert line, output[-3000:]
-  step = int(line[0].split()[3])
-  assert 0 < step < 1000
-  assert (tmp_path / "checkpoints" / str(step)).is_dir()
+  return int(line[0].split()[3])
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
+    dataset_dirs, tmp_path):
+  """A scheduler preempting one host: both processes checkpoint the same
+  step and exit, instead of one waiting for the other in a collective."""
+  from tests import parallel_test  # pylint: disable=g-import-not-at-top
+  port = parallel_test.free_port()
+  flags = job_flags(dataset_dirs, tmp_path, steps=100000,
+                    checkpoint_every=1000)
+  jobs = [start_job([*flags, f"--coordinator_address=127.0.0.1:{port}",
+                     "--num_processes=2", f"--process_id={i}"])
+          for i in range(2)]
+  wait_until_training(tmp_path, jobs[0])
+  jobs[1].send_signal(signal.SIGTERM)
+  outputs = [job.communicate(timeout=120)[0] for job in jobs]
+  for job, output in zip(jobs, outputs):
+    assert job.returncode == 0, output[-3000:]
+  steps = [stopped_step(output) for output in outputs]
+  assert steps[0] == steps[1] and 0 < steps[0] < 1000, steps
+  assert (tmp_path / "checkpoints" / str(steps[0])).is_dir()
 
 
 def test_truncated_checkpoint_falls_back_to_the_previous_one(dataset_dirs,
