@@ -11,8 +11,10 @@ Two models, each at several batch sizes:
 Images/s of the train step is the median over timed windows after
 compilation. GFLOP/s counts the model's FLOPs, the same on every backend:
 the multiply-adds of its convolutions and matrix products (2 FLOPs each) in
-the forward pass, times 3 for forward and backward. The CPU peak is the CPU's single-precision peak, cores x clock x FLOPs per cycle,
-assuming two FMA pipes (64 FLOPs per cycle with AVX-512, 32 with AVX2); pass
+the forward pass, times 3 for forward and backward. The CPU peak is the
+CPU's single-precision peak, cores x clock x FLOPs per cycle, derived from
+what the CPU is (`experiments.cpu_peak`: Zen 4 runs AVX-512 on 256-bit halves,
+32 FLOPs per cycle; Zen 5 has 512-bit pipes, 64); the report says how. Pass
 --peak_gflops where that is wrong.
 
   python -m experiments.benchmark_train
@@ -21,7 +23,6 @@ assuming two FMA pipes (64 FLOPs per cycle with AVX-512, 32 with AVX2); pass
 
 import functools
 import json
-import os
 import statistics
 import time
 
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
+from experiments import cpu_peak
 from tripletjax import config as config_lib
 from tripletjax import models
 from tripletjax import train
@@ -66,26 +68,6 @@ def setup(name: str, batch_size: int) -> config_lib.Config:
   if name == "default":
     return config_lib.Config(**pk)
   raise ValueError(f"models must be reference or default, got {name!r}.")
-
-
-def cpu_peak_gflops() -> float | None:
-  """Single-precision FMA peak of the visible CPU cores, from /proc/cpuinfo."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      info = f.read()
-  except OSError:
-    return None
-  mhz = [float(line.split(":")[1]) for line in info.splitlines()
-         if line.startswith("cpu MHz")]
-  flags_line = next((line for line in info.splitlines()
-                     if line.startswith("flags")), "")
-  if not mhz:
-    return None
-  # Two FMA pipes; 16 float32 lanes with AVX-512, 8 with AVX2.
-  lanes = 16 if " avx512f" in flags_line else 8 if " fma" in flags_line else 4
-  flops_per_cycle = 2 * 2 * lanes if " fma" in flags_line else 2 * lanes
-  cores = len(os.sched_getaffinity(0))
-  return cores * statistics.median(mhz) / 1e3 * flops_per_cycle
 
 
 def model_flops_per_image(model, image_shape) -> float:
@@ -171,12 +153,14 @@ def measure_embedding(graphdef, params, batch_size: int, num_images: int
 def main(argv):
   del argv
   device = jax.devices()[0]
-  peak = _PEAK.value
+  peak, how = _PEAK.value, "--peak_gflops"
   if peak is None and device.platform == "cpu":
-    peak = cpu_peak_gflops()
+    estimate = cpu_peak.cpu_peak()
+    if estimate is not None:
+      peak, how = estimate.gflops, estimate.how
   print(f"Device: {device.device_kind} ({device.platform}), "
         f"{jax.device_count()} device(s); JAX {jax.__version__}; peak "
-        f"{'unknown' if peak is None else f'{peak:.0f} GFLOP/s'}.")
+        f"{'unknown' if peak is None else f'{peak:.0f} GFLOP/s ({how})'}.")
   header = (f"{'model':<10}{'batch':>6}{'images/s':>10}{'step (ms)':>11}"
             f"{'compile (s)':>13}{'GFLOP/step':>12}{'GFLOP/s':>9}"
             f"{'of peak':>9}{'embed img/s':>13}")
