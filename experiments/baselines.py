@@ -5,7 +5,8 @@ One table, same retrieval metrics and test-against-train protocol for all:
 * k-NN on raw pixels (scaled to [0, 1]);
 * k-NN after PCA to --pca_dim dimensions (fitted on the train split);
 * the MLP with one tanh hidden layer trained on random triplets;
-* the CNN trained with --best_loss (the main job's network).
+* the CNN trained with the main job's network and settings (--loss, --steps
+  and the other settings as flags).
 
 The time column is what each method costs: fitting (PCA, training) plus
 computing the metrics. Writes ``results.csv`` and ``results.md``.
@@ -23,17 +24,14 @@ import numpy as np
 
 from experiments import common
 from experiments import study
+from tripletjax import data
 from tripletjax import retrieval
-from tripletjax import train
 
 _PCA_DIM = flags.DEFINE_integer("pca_dim", 64, "Components kept by PCA.")
-_STEPS = flags.DEFINE_integer("steps", 3000, "Training steps of the CNN.")
 _MLP_STEPS = flags.DEFINE_integer(
     "mlp_steps", 15000,
     "Training steps of the MLP (a step costs it about a twentieth of the "
     "CNN's).")
-_BEST_LOSS = flags.DEFINE_string("best_loss", "batch_all",
-                                 "Mining strategy of the CNN.")
 _MLP_WIDTH = flags.DEFINE_integer("mlp_width", 256,
                                   "Width of the MLP's tanh layer.")
 
@@ -55,15 +53,13 @@ def main(argv):
   out = study.output_dir("baselines")
   os.makedirs(out, exist_ok=True)
   base = study.base_config()
-  if not study.QUICK.value:
-    base = base.replace(steps=_STEPS.value)
-  train_split, test = train.load_data(base)
+  train_split, test = data.load_splits(base)
   rows = []
 
   def add(method, seed, seconds, metrics):
     rows.append({"method": method, "seed": seed,
                  **{column: metrics[key.removeprefix("test_")]
-                    for column, key in study.METRICS},
+                    for column, key in study.COLUMNS},
                  "time (s)": seconds})
     print(f"{method} (seed {seed}): 1-NN {metrics['knn_accuracy_at_1']:.4f} "
           f"in {seconds:.0f} s", flush=True)
@@ -86,7 +82,7 @@ def main(argv):
       (f"MLP (tanh {_MLP_WIDTH.value}), random triplets", "mlp",
        dict(model="mlp", loss="random_triplets", widths=(_MLP_WIDTH.value,),
             triplets_per_batch=base.batch_size // 3, steps=_MLP_STEPS.value)),
-      (f"CNN, {_BEST_LOSS.value}", "cnn", dict(loss=_BEST_LOSS.value)),
+      (f"CNN, {base.loss}", "cnn", {}),
   ]
   for method, name, settings in networks:
     if study.QUICK.value:
@@ -99,7 +95,7 @@ def main(argv):
       add(method, seed, results["wall_seconds_this_run"],
           {key.removeprefix("test_"): value for key, value in results.items()})
   print(study.write_report(
-      out, rows, "method", [c for c, _ in study.METRICS] + ["time (s)"],
+      out, rows, "method", [c for c, _ in study.COLUMNS] + ["time (s)"],
       f"Baselines on {base.dataset} (test queries against the train split)"))
 
 

@@ -19,13 +19,12 @@ import numpy as np
 
 from experiments import common
 from experiments import study
+from tripletjax import data
 from tripletjax import plotting
-from tripletjax import train
 
 _BATCH_SIZES = flags.DEFINE_list(
     "batch_sizes", [str(2 ** i) for i in range(3, 13)], "Batch sizes.")
 _EPOCHS = flags.DEFINE_float("epochs", 2.0, "Epochs of the train split.")
-_LOSS = flags.DEFINE_string("loss", "batch_all", "Mining strategy.")
 
 
 def pk(batch_size: int, num_classes: int) -> tuple[int, int]:
@@ -39,8 +38,8 @@ def main(argv):
     raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
   out = study.output_dir("batch_size_sweep")
   os.makedirs(out, exist_ok=True)
-  base = study.base_config(loss=_LOSS.value)
-  train_split, _ = train.load_data(base)
+  base = study.base_config()
+  train_split, _ = data.load_splits(base)
   train_size = len(train_split)
   num_classes = len(np.unique(train_split.labels))
   rows = []
@@ -57,13 +56,13 @@ def main(argv):
       results = study.run(config, workdir)
       rows.append({"batch size": p * k, "P": p, "K": k, "steps": steps,
                    "seed": seed,
-                   **{column: results[key] for column, key in study.METRICS},
+                   **{column: results[key] for column, key in study.COLUMNS},
                    "train time (s)": results["train_seconds_this_run"],
                    "images/s": results["images_per_second"]})
       print(f"batch {p * k} seed {seed}: 1-NN "
             f"{results['test_knn_accuracy_at_1']:.4f}, "
             f"{results['train_seconds_this_run']:.0f} s", flush=True)
-  columns = [c for c, _ in study.METRICS] + ["train time (s)", "images/s"]
+  columns = [c for c, _ in study.COLUMNS] + ["train time (s)", "images/s"]
   print(study.write_report(
       out, rows, "batch size", columns,
       f"Batch size on {base.dataset}: {_EPOCHS.value:g} epochs, "

@@ -18,8 +18,9 @@ import resource
 import statistics
 import time
 
-from absl import app
 from absl import flags
+
+from experiments import common
 
 _LOSSES = flags.DEFINE_list(
     "losses", ["batch_all", "batch_hard", "semihard", "random_triplets"],
@@ -123,4 +124,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

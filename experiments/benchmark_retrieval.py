@@ -17,17 +17,16 @@ import multiprocessing
 import resource
 import time
 
-from absl import app
 from absl import flags
+
+from experiments import common
 
 _QUERIES = flags.DEFINE_integer("queries", 10_000, "Number of queries.")
 _REFERENCES = flags.DEFINE_list("references", ["60000", "120000"],
                                 "Numbers of references, one run each.")
 _DIM = flags.DEFINE_integer("dim", 64, "Embedding dimension D.")
 _CLASSES = flags.DEFINE_integer("classes", 10, "Number of classes.")
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "A trained run whose embeddings to use (test split "
-    "against train split) instead of synthetic ones.")
+_WORKDIR = common.define_trained_run_flag()  # Its embeddings, if given.
 _NOISE = flags.DEFINE_float("noise", 0.12, "Spread of each class around its "
                             "centre, per dimension, before normalising.")
 _METRIC = flags.DEFINE_string("metric", "euclidean", "Distance metric.")
@@ -47,15 +46,18 @@ def _measure(num_q, num_r, dim, classes, noise, metric, workdir) -> dict:
   (the first includes compilation)."""
   # pylint: disable=g-import-not-at-top
   import numpy as np
+  from tripletjax import data
   from tripletjax import retrieval
-  from tripletjax import train
+  from tripletjax import workdir as workdir_lib
   # pylint: enable=g-import-not-at-top
   if workdir:
-    config, train_split, test, embed, _ = train.restore_trained(workdir)
-    queries, query_labels = embed(test.images), test.labels
-    references, reference_labels = embed(train_split.images), train_split.labels
+    run = workdir_lib.restore(workdir)
+    train_split, test = data.load_splits(run.config)
+    queries, query_labels = run.embedder(test.images), test.labels
+    references = run.embedder(train_split.images)
+    reference_labels = train_split.labels
     num_q, num_r, dim, metric = (len(queries), len(references),
-                                 queries.shape[1], config.metric)
+                                 queries.shape[1], run.config.metric)
   else:
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(classes, dim))
@@ -105,4 +107,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

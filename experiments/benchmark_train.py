@@ -26,7 +26,6 @@ import json
 import statistics
 import time
 
-from absl import app
 from absl import flags
 from flax import nnx
 import jax
@@ -94,14 +93,7 @@ def model_flops_per_image(model, image_shape) -> float:
 def measure_step(config: config_lib.Config, windows: int,
                  steps_per_window: int) -> dict:
   """Compile time, FLOPs and images/s of the train step of `config`."""
-  model = models.create(config.model, image_shape=_IMAGE_SHAPE,
-                        seed=config.seed, widths=config.widths,
-                        hidden_dim=config.hidden_dim,
-                        embedding_dim=config.embedding_dim)
-  graphdef, params = nnx.split(model)
-  tx = train.make_optimizer(config)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=tx.init(params))
+  graphdef, state, tx = train.initial_state(config, _IMAGE_SHAPE)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (config.batch_size,
                                              *_IMAGE_SHAPE), np.uint8))
@@ -139,13 +131,12 @@ def measure_step(config: config_lib.Config, windows: int,
 def measure_embedding(graphdef, params, batch_size: int, num_images: int
                       ) -> float:
   """Images/s of embedding `num_images` images in batches (after compiling)."""
-  embed = jax.jit(functools.partial(train.embed_images, graphdef=graphdef))
   images = jnp.zeros((batch_size, *_IMAGE_SHAPE), jnp.uint8)
-  jax.block_until_ready(embed(params, images))
+  jax.block_until_ready(models.embed(graphdef, params, images))
   calls = max(1, num_images // batch_size)
   start = time.perf_counter()
   for _ in range(calls):
-    out = embed(params, images)
+    out = models.embed(graphdef, params, images)
   jax.block_until_ready(out)
   return calls * batch_size / (time.perf_counter() - start)
 

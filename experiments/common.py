@@ -1,7 +1,9 @@
-"""Flags shared by the experiment scripts: one flag per `Config` setting.
+"""What every script of `experiments/` shares: one flag per `Config`
+setting, and `run`, the entry point every script starts through.
 
-The flags take their names and defaults from `tripletjax.config.Config`, so
-a setting has one name and one default everywhere.
+The flags take their names, defaults and help texts from
+`tripletjax.config.Config`, so a setting has one name, one default and one
+description everywhere.
 """
 
 from __future__ import annotations
@@ -18,70 +20,21 @@ from absl import flags
 from absl import logging
 
 from tripletjax import config as config_lib
-from tripletjax import data
 from tripletjax import xla_cpu
 
-_HELP = {
-    "dataset": "tensorflow-datasets name (mnist, fashion_mnist, ...).",
-    "train_split": "Split to train on (and the kNN references).",
-    "test_split": "Split whose images query the train split.",
-    "data_dir": "Where tensorflow-datasets keeps prepared data "
-                "(default: its own, ~/tensorflow_datasets).",
-    "manual_dir": "Original download files for offline use: the directory "
-                  "itself or one with a sub-directory per dataset "
-                  f"(default: ${data.MANUAL_DIR_ENV}).",
-    "image_size": "Resize images to this many pixels square (0: keep).",
-    "train_classes": "Train on these class ids only (empty: all); test "
-                     "images of the others are evaluated as unseen classes "
-                     "(leave-one-out retrieval, few-shot episodes).",
-    "model": "Embedding network: cnn or mlp.",
-    "embedding_dim": "Size of the embedding.",
-    "widths": "CNN: conv widths (one 2x2 pooling each); MLP: hidden widths.",
-    "hidden_dim": "CNN: width of the dense layer before the embedding.",
-    "normalize_embeddings": "L2-normalise the embeddings.",
-    "loss": f"One of {', '.join(config_lib.LOSS_NAMES)}.",
-    "margin": "Triplet margin.",
-    "metric": "Distance: euclidean, squared_euclidean or cosine.",
-    "classes_per_batch": "P: classes in each P x K batch.",
-    "examples_per_class": "K: examples of each class in a P x K batch.",
-    "triplets_per_batch": "Triplets per batch of the random_triplets loss.",
-    "steps": "Training steps.",
-    "learning_rate": "Peak learning rate (Adam, warm-up then cosine decay).",
-    "warmup_steps": "Linear warm-up steps.",
-    "weight_decay": "AdamW weight decay (0: Adam).",
-    "augment_shift": "Random translation of training images, in pixels.",
-    "augment_rotation": "Random rotation of training images, up to this "
-                        "many degrees either way.",
-    "augment_scale": "Random scaling of training images by a factor in "
-                     "[1 - s, 1 + s].",
-    "seed": "Seed of initialisation, sampling and augmentation.",
-    "parallelism": "jit (one program over a mesh of all devices) or pmap.",
-    "mining_scope": "global: mine the whole batch across devices; local: "
-                    "each device mines its own shard.",
-    "eval_every": "Evaluate every this many steps (0: only at the end).",
-    "eval_batch_size": "Images per embedding call in evaluation.",
-    "knn_ks": "k of the k-NN (majority vote) accuracies reported.",
-    "few_shot_ways": "Classes per few-shot episode (unseen classes).",
-    "few_shot_shots": "Support examples per class: one evaluation each.",
-    "few_shot_episodes": "Few-shot episodes per evaluation.",
-    "write_figures": "Write PNG figures into <workdir>/figures at the end.",
-    "checkpoint_every": "Checkpoint every this many steps (0: at the end).",
-    "keep_checkpoints": "Checkpoints to keep.",
-    "log_every_seconds": "Seconds between progress lines.",
-}
-
-WORKDIR = flags.DEFINE_string(
-    "workdir", None,
-    "Run directory: checkpoints, metrics, results. A relaunch with the same "
-    "workdir resumes. Default: runs/<dataset>-<loss>-<hash of the settings>.")
+def define_trained_run_flag() -> flags.FlagHolder:
+  """``--workdir`` of the scripts that read a trained run."""
+  return flags.DEFINE_string(
+      "workdir", None, "The directory of a trained run (the --workdir of "
+      "experiments.train).")
 
 
-def define_config_flags(defaults: config_lib.Config = config_lib.Config()
-                       ) -> None:
-  """Defines one flag per `Config` field, with the field's default."""
+def define_config_flags() -> None:
+  """Defines one flag per `Config` field, with the field's default and
+  help."""
   for field in dataclasses.fields(config_lib.Config):
-    default = getattr(defaults, field.name)
-    help_text = _HELP[field.name]
+    default = field.default
+    help_text = field.metadata["help"]
     if isinstance(default, bool):
       flags.DEFINE_bool(field.name, default, help_text)
     elif isinstance(default, int):
@@ -139,7 +92,8 @@ def _quiet_orbax(record) -> bool:
 
 def run(main: Callable[[list[str]], Any]) -> None:
   """`app.run`, with the fast XLA CPU flags (`tripletjax.xla_cpu`) and bad
-  settings reported in one line instead of a trace."""
+  settings reported in one line instead of a trace. Every script of
+  `experiments/` starts through it."""
   def guarded(argv):
     logging.get_absl_handler().addFilter(_quiet_orbax)
     xla_cpu.use_fast_cpu_flags()  # Before `main` starts JAX; logs from here.

@@ -1,14 +1,19 @@
 r"""Compares the mining strategies with the same network, budget and seeds.
 
 Random triplets, batch-all, batch-hard, soft-margin batch-hard and semi-hard,
-each trained --seeds times with the main job's network and settings (random
-triplets with as many images per batch: 83 triplets, 249 images). Writes
-``results.csv`` (one row per run), ``results.md`` (mean ± std over seeds) and
-``accuracy_vs_steps.png`` into the output directory.
+each trained --seeds times with the settings of the flags (the main job's by
+default; random triplets with as many images per batch: 83 triplets, 249
+images), one margin for all. Writes ``results.csv`` (one row per run),
+``results.md`` (mean ± std over seeds) and ``accuracy_vs_steps.png`` into
+the output directory.
 
-  python -m experiments.compare_mining                  # MNIST, 3 seeds
-  python -m experiments.compare_mining --dataset=fashion_mnist --steps=3000
+  python -m experiments.compare_mining --steps=1000 --eval_every=250
   python -m experiments.compare_mining --quick          # a smoke test
+
+Expected (MNIST, 1,000 steps, 3 seeds, about 15 minutes per strategy on two
+CPU cores): batch-all and semi-hard 1-NN 0.992-0.993, MAP@R 0.986; random
+triplets 0.990 / 0.965; batch-hard with margin 0.5 0.975 / 0.78
+(docs/results.md).
 """
 
 import os
@@ -24,10 +29,6 @@ from tripletjax import plotting
 _STRATEGIES = flags.DEFINE_list(
     "strategies", ["random_triplets", "batch_all", "batch_hard",
                    "batch_hard_soft", "semihard"], "Losses to compare.")
-_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps of every run.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 250,
-                                   "Steps between evaluations (the curves).")
-_MARGIN = flags.DEFINE_float("margin", 0.5, "Margin of every strategy.")
 
 _ACCURACY = "test_knn_accuracy_at_1"
 
@@ -41,12 +42,11 @@ def main(argv):
                        f"got {name!r}.")
   out = study.output_dir("compare_mining")
   os.makedirs(out, exist_ok=True)
-  base = study.base_config(margin=_MARGIN.value)
-  if not study.QUICK.value:
-    base = base.replace(steps=_STEPS.value, eval_every=_EVAL_EVERY.value,
-                        triplets_per_batch=base.batch_size // 3)
-  else:
+  base = study.base_config()
+  if study.QUICK.value:
     base = base.replace(eval_every=5)
+  else:  # Random triplets see as many images per batch as P x K.
+    base = base.replace(triplets_per_batch=base.batch_size // 3)
   rows, curves = [], {}
   for strategy in _STRATEGIES.value:
     for seed in study.seeds():
@@ -55,14 +55,14 @@ def main(argv):
       results = study.run(config, workdir)
       rows.append({
           "strategy": strategy, "seed": seed,
-          **{column: results[key] for column, key in study.METRICS},
+          **{column: results[key] for column, key in study.COLUMNS},
           "wall time (s)": results["train_seconds_this_run"],
           "active triplets at end": study.final_metric(
               workdir, "fraction_active_triplets")})
       curves.setdefault(strategy, []).append(study.curve(workdir, _ACCURACY))
       print(f"{strategy} seed {seed}: 1-NN {results[_ACCURACY]:.4f}",
             flush=True)
-  columns = [c for c, _ in study.METRICS] + ["wall time (s)",
+  columns = [c for c, _ in study.COLUMNS] + ["wall time (s)",
                                             "active triplets at end"]
   print(study.write_report(
       out, rows, "strategy", columns,

@@ -18,10 +18,12 @@ from absl import flags
 import numpy as np
 
 from experiments import common
+from tripletjax import data
 from tripletjax import few_shot
-from tripletjax import omniglot
-from tripletjax import train
+from tripletjax import workdir as workdir_lib
+from tripletjax.data import omniglot
 
+_WORKDIR = common.define_trained_run_flag()
 _WAYS = flags.DEFINE_list("ways", ["5"], "Classes per episode.")
 _SHOTS = flags.DEFINE_list("shots", ["1", "5"], "Support examples per class.")
 _QUERIES = flags.DEFINE_integer("queries_per_class", 15,
@@ -33,16 +35,17 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the episodes.")
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
-  if not common.WORKDIR.value:
+  if not _WORKDIR.value:
     raise ValueError("Give the trained run's directory: --workdir.")
-  config, train_split, test, embed, step = train.restore_trained(
-      common.WORKDIR.value)
+  run = workdir_lib.restore(_WORKDIR.value)
+  config, step, embedder = run.config, run.step, run.embedder
+  train_split, test = data.load_splits(config)
   unseen = ~np.isin(test.labels, train_split.labels)
   if not unseen.any():
     raise ValueError(
         f"Every class of {config.dataset!r} {config.test_split!r} was "
         "trained on; train with --train_classes to hold some out.")
-  embeddings = embed(test.images[unseen])
+  embeddings = embedder(test.images[unseen])
   labels = test.labels[unseen]
   print(f"{config.dataset}, step {step}: {unseen.sum()} test images of "
         f"{len(np.unique(labels))} classes never trained on.")
@@ -59,16 +62,16 @@ def main(argv):
             f"neighbour {r['nearest_neighbor']:.2%} ± "
             f"{r['nearest_neighbor_ci95']:.2%}")
   if config.dataset == omniglot.NAME:
-    runs = omniglot.load_one_shot_runs(
-        data_dir=config.data_dir, manual_dir=config.manual_dir,
-        image_size=config.image_size or None)
-    accuracy = omniglot.one_shot_accuracy(
-        embed(runs["images"]), runs["labels"], runs["run"], runs["is_query"],
-        metric=config.metric)
+    task, _ = data.load_features(
+        omniglot.NAME, "one_shot", ("image", "label", "run", "is_query"),
+        data_dir=config.data_dir, manual_dir=config.manual_dir)
+    accuracy = few_shot.omniglot_one_shot_accuracy(
+        embedder(data.resize(task["image"], config.image_size or None)),
+        task["label"], task["run"], task["is_query"], metric=config.metric)
     results["official_one_shot_accuracy"] = accuracy
     print(f"Official one-shot task (20 runs of 20-way 1-shot): "
           f"{accuracy:.2%} ({1 - accuracy:.2%} error)")
-  with open(os.path.join(common.WORKDIR.value, "few_shot.json"), "w",
+  with open(os.path.join(_WORKDIR.value, "few_shot.json"), "w",
             encoding="utf-8") as f:
     json.dump(results, f, indent=2)
 

@@ -16,10 +16,12 @@ from absl import flags
 import numpy as np
 
 from experiments import common
-from tripletjax import evaluation
+from tripletjax import data
+from tripletjax import neighbors
 from tripletjax import plotting
-from tripletjax import train
+from tripletjax import workdir as workdir_lib
 
+_WORKDIR = common.define_trained_run_flag()
 _IMAGES = flags.DEFINE_list("images", [], "Query image files (any format "
                             "Pillow reads; converted to the run's shape).")
 _TEST_INDICES = flags.DEFINE_list("test_indices", [],
@@ -46,12 +48,12 @@ def read_image(path: str, shape: tuple[int, int, int], invert: bool
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
-  if not common.WORKDIR.value:
+  if not _WORKDIR.value:
     raise ValueError("Give the trained run's directory: --workdir.")
   if not _IMAGES.value and not _TEST_INDICES.value:
     raise ValueError("Give query images: --images or --test_indices.")
-  config, references, test, embed, step = train.restore_trained(
-      common.WORKDIR.value)
+  run = workdir_lib.restore(_WORKDIR.value)
+  references, test = data.load_splits(run.config)
   try:
     indices = [int(i) for i in _TEST_INDICES.value]
   except ValueError:
@@ -60,25 +62,25 @@ def main(argv):
   bad = [i for i in indices if not 0 <= i < len(test)]
   if bad:
     raise ValueError(f"test_indices {bad} outside [0, {len(test)}).")
-  images = [read_image(p, references.image_shape, _INVERT.value)
+  images = [read_image(p, run.image_shape, _INVERT.value)
             for p in _IMAGES.value] + [test.images[i] for i in indices]
   labels = [-1] * len(_IMAGES.value) + [int(test.labels[i]) for i in indices]
   images = np.stack(images)
-  d, index = evaluation.nearest_neighbors(
-      embed(images), embed(references.images), k=_K.value,
-      metric=config.metric)
+  d, index = neighbors.nearest_neighbors(
+      run.embedder(images), run.embedder(references.images), k=_K.value,
+      metric=run.config.metric)
   d, index = np.asarray(d), np.asarray(index)
   names = list(_IMAGES.value) + [f"test[{i}]" for i in indices]
   for name, row, dist in zip(names, index, d):
     print(f"{name}: " + ", ".join(
         f"train[{r}] (label {references.labels[r]}, d={x:.3f})"
         for r, x in zip(row, dist)))
-  output = _OUTPUT.value or os.path.join(common.WORKDIR.value, "figures",
+  output = _OUTPUT.value or os.path.join(_WORKDIR.value, "figures",
                                          "query.png")
   plotting.retrieval_grid(images, np.array(labels), references.images[index],
                           references.labels[index], output,
                           neighbor_distances=d)
-  print(f"Step {step} of {common.WORKDIR.value}; wrote {output}")
+  print(f"Step {run.step} of {_WORKDIR.value}; wrote {output}")
 
 
 if __name__ == "__main__":

@@ -19,42 +19,35 @@ import numpy as np
 from experiments import common
 from tripletjax import config as config_lib
 from tripletjax import train
+from tripletjax import writers
 
+common.define_config_flags()  # The main job's settings, its defaults.
 QUICK = flags.DEFINE_bool(
     "quick", False, "A smoke test: a slice of the data, a tiny network, a few "
     "steps, one seed.")
 SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per setting (--quick: 1).")
-DATASET = flags.DEFINE_string("dataset", "mnist",
-                              "tensorflow-datasets name (mnist, fashion_mnist).")
-DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Where tensorflow-datasets keeps prepared data.")
-MANUAL_DIR = flags.DEFINE_string(
-    "manual_dir", None, "Original download files for offline use (default: "
-    "$TRIPLETJAX_MANUAL_DIR).")
 OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where the runs, tables and plots go (default: "
     "runs/<script>-<dataset>[-quick]).")
 
 # Per-run numbers in the tables: (column, key in results.json).
-METRICS = (("precision@1", "test_precision_at_1"),
+COLUMNS = (("precision@1", "test_precision_at_1"),
            ("MAP@R", "test_map_at_r"),
            ("1-NN acc", "test_knn_accuracy_at_1"),
            ("5-NN acc", "test_knn_accuracy_at_5"))
 
 
 def base_config(**changes: Any) -> config_lib.Config:
-  """The study's starting point: the main job's settings on --dataset, or
-  with --quick a tiny run on slices of it."""
-  config = config_lib.Config(dataset=DATASET.value, eval_every=0,
-                             write_figures=False,
-                             data_dir=DATA_DIR.value,
-                             manual_dir=MANUAL_DIR.value)
+  """The study's starting point: the settings the flags give (the main
+  job's by default), or with --quick a tiny run on slices of the data."""
+  config = common.config_from_flags()
   if QUICK.value:
     config = config.replace(
         train_split="train[:2000]", test_split="test[:500]", widths=(4,),
         hidden_dim=16, embedding_dim=8, classes_per_batch=5,
         examples_per_class=4, triplets_per_batch=8, steps=10, warmup_steps=2,
-        checkpoint_every=0, eval_batch_size=500)
+        eval_every=0, checkpoint_every=0, eval_batch_size=500,
+        write_figures=False)
   return config.replace(**changes)
 
 
@@ -64,7 +57,8 @@ def seeds() -> range:
 
 def output_dir(script: str) -> str:
   return OUTPUT_DIR.value or os.path.join(
-      "runs", f"{script}-{DATASET.value}" + ("-quick" if QUICK.value else ""))
+      "runs", f"{script}-{flags.FLAGS.dataset}" +
+      ("-quick" if QUICK.value else ""))
 
 
 def workdir(out: str, name: str, config: config_lib.Config) -> str:
@@ -86,21 +80,16 @@ def run(config: config_lib.Config, workdir: str) -> dict[str, Any]:
 
 def final_metric(workdir: str, key: str) -> float:
   """The last value of `key` in the run's ``metrics.jsonl``."""
-  value = float("nan")
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      value = json.loads(line).get(key, value)
-  return value
+  values = [r[key] for r in writers.read_metrics(
+      os.path.join(workdir, "metrics.jsonl")) if key in r]
+  return values[-1] if values else float("nan")
 
 
 def curve(workdir: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-  """``(steps, values)`` of `key` in the run's ``metrics.jsonl``."""
-  points = {}
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    for line in f:
-      record = json.loads(line)
-      if key in record:
-        points[record["step"]] = record[key]
+  """``(steps, values)`` of `key` in the run's ``metrics.jsonl`` (a resumed
+  run's later record of a step replaces the earlier one)."""
+  points = {r["step"]: r[key] for r in writers.read_metrics(
+      os.path.join(workdir, "metrics.jsonl")) if key in r}
   steps = np.array(sorted(points))
   return steps, np.array([points[s] for s in steps])
 

@@ -27,6 +27,10 @@ from tripletjax import preemption
 from tripletjax import train
 
 common.define_config_flags()
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None,
+    "Run directory: checkpoints, metrics, results. A relaunch with the same "
+    "workdir resumes. Default: runs/<dataset>-<loss>-<hash of the settings>.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Start JAX's multi-process runtime; on Cloud TPU pods, SLURM, Open MPI "
@@ -54,7 +58,7 @@ def main(argv):
                         _PROCESS_ID.value)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # Progress from process 0 only.
-  workdir = common.WORKDIR.value or common.default_workdir(config)
+  workdir = _WORKDIR.value or common.default_workdir(config)
   logging.info("Workdir: %s", workdir)
   with preemption.StopOnSignal() as stop:
     results = train.train_and_evaluate(

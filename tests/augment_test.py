@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tripletjax import augment
+from tripletjax.data import augment
 
 
 def test_random_shift_moves_pixels_within_bounds():

@@ -78,7 +78,7 @@ class MiningLossTest(parameterized.TestCase):
     for key, value in reference.pair_statistics(dist_ref, labels, x).items():
       np.testing.assert_allclose(metrics[key], value, rtol=2e-4, atol=2e-5,
                                  err_msg=key)
-    self.assertEqual(set(metrics), set(losses.METRIC_NAMES))
+    self.assertEqual(set(metrics), set(losses.BATCH_METRICS))
 
   @parameterized.product(name=tuple(REFERENCES), metric=METRICS, case=CASES)
   def test_matches_brute_force(self, name, metric, case):
@@ -195,6 +195,29 @@ class MiningLossTest(parameterized.TestCase):
         e, labels, margin=0.2)[0]))(x)
     sizes = [np.prod(v.aval.shape) for eqn in jaxpr.eqns for v in eqn.outvars]
     self.assertLess(max(sizes), b * b * 4)
+
+
+class HardestTripletsTest(absltest.TestCase):
+
+  def test_hardest_triplets_by_brute_force(self):
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(12, 3)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 0, 3, -1, 1, 2])
+    positive, negative, d_ap, d_an, anchors = (
+        np.asarray(v) for v in losses.hardest_triplets(
+            embeddings, labels, metric="euclidean"))
+    dist = reference.pairwise_distances(embeddings, "euclidean")
+    # Class 3 has no positive; the padding row (-1) is no anchor.
+    np.testing.assert_array_equal(np.flatnonzero(anchors),
+                                  [0, 1, 2, 3, 4, 5, 6, 7, 10, 11])
+    for a in np.flatnonzero(anchors):
+      positives = [j for j in range(12) if j != a and labels[j] == labels[a]]
+      negatives = [j for j in range(12)
+                   if labels[j] >= 0 and labels[j] != labels[a]]
+      self.assertEqual(positive[a], max(positives, key=lambda j: dist[a, j]))
+      self.assertEqual(negative[a], min(negatives, key=lambda j: dist[a, j]))
+      self.assertAlmostEqual(d_ap[a], dist[a, positive[a]], places=5)
+      self.assertAlmostEqual(d_an[a], dist[a, negative[a]], places=5)
 
 
 class BadInputTest(parameterized.TestCase):

@@ -9,7 +9,8 @@ from PIL import Image
 import pytest
 
 from tripletjax import data
-from tripletjax import omniglot
+from tripletjax import few_shot
+from tripletjax.data import omniglot
 
 
 def _png(value: int) -> bytes:
@@ -73,12 +74,13 @@ def test_splits_and_labels(omniglot_dirs):
 
 
 def test_one_shot_runs(omniglot_dirs):
-  runs = omniglot.load_one_shot_runs(**omniglot_dirs)
-  assert len(runs["labels"]) == 12
+  runs, _ = data.load_features(omniglot.NAME, "one_shot",
+                               ("label", "run", "is_query"), **omniglot_dirs)
+  assert len(runs["label"]) == 12
   for run in (0, 1):
     mine = runs["run"] == run
-    train_labels = runs["labels"][mine & ~runs["is_query"]]
-    test_labels = runs["labels"][mine & runs["is_query"]]
+    train_labels = runs["label"][mine & ~runs["is_query"]]
+    test_labels = runs["label"][mine & runs["is_query"]]
     base = 964 + 659 + 20 * run
     assert sorted(train_labels.tolist()) == [base, base + 1, base + 2]
     assert sorted(test_labels.tolist()) == sorted(train_labels.tolist())
@@ -100,4 +102,5 @@ def test_one_shot_accuracy_by_hand():
   labels = np.array([5, 6, 5, 6, 7, 8, 8, 8])
   run = np.array([0, 0, 0, 0, 1, 1, 1, 1])
   is_query = np.array([0, 0, 1, 1, 0, 0, 1, 1], bool)
-  assert omniglot.one_shot_accuracy(embeddings, labels, run, is_query) == 0.75
+  assert few_shot.omniglot_one_shot_accuracy(embeddings, labels, run,
+                                             is_query) == 0.75

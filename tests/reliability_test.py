@@ -194,7 +194,7 @@ def test_planted_nan_stops_with_step_and_quantity(dataset_dirs, tmp_path,
     train.train_and_evaluate(config, str(tmp_path))
   monkeypatch.setattr(train, "compute_loss", real)
   checkpointer = checkpointing.Checkpointer(
-      str(tmp_path / "checkpoints"), every=0, keep=3)
+      str(tmp_path / "checkpoints"), keep=3)
   assert checkpointer.latest_step() == 4  # Nothing non-finite was saved.
   checkpointer.close()
   results = train.train_and_evaluate(config, str(tmp_path))

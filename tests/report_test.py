@@ -7,32 +7,12 @@ from absl.testing import absltest
 import numpy as np
 from PIL import Image
 
-from tests import reference
 from tripletjax import data
 from tripletjax import plotting
 from tripletjax import report
 
 
 class ReportTest(absltest.TestCase):
-
-  def test_hardest_triplets_by_brute_force(self):
-    rng = np.random.default_rng(0)
-    embeddings = rng.normal(size=(12, 3)).astype(np.float32)
-    labels = np.array([0, 0, 1, 1, 1, 2, 2, 0, 3, -1, 1, 2])
-    anchors = np.arange(12)
-    keep, positive, negative, d_ap, d_an = report.hardest_triplets(
-        embeddings, labels, anchors, metric="euclidean")
-    dist = reference.pairwise_distances(embeddings, "euclidean")
-    # Class 3 has no positive; the padding row (-1) is no anchor.
-    np.testing.assert_array_equal(keep, [0, 1, 2, 3, 4, 5, 6, 7, 10, 11])
-    for a, p, n, dp, dn in zip(keep, positive, negative, d_ap, d_an):
-      positives = [j for j in range(12) if j != a and labels[j] == labels[a]]
-      negatives = [j for j in range(12)
-                   if labels[j] >= 0 and labels[j] != labels[a]]
-      self.assertEqual(p, max(positives, key=lambda j: dist[a, j]))
-      self.assertEqual(n, min(negatives, key=lambda j: dist[a, j]))
-      self.assertAlmostEqual(dp, dist[a, p], places=5)
-      self.assertAlmostEqual(dn, dist[a, n], places=5)
 
   def test_projection_keeps_the_main_directions(self):
     t = np.linspace(-1, 1, 50)

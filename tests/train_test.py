@@ -3,16 +3,14 @@
 import json
 import os
 
-from flax import nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tripletjax import checkpointing
 from tripletjax import config as config_lib
 from tripletjax import data
-from tripletjax import models
+from tripletjax import sampling
 from tripletjax import train
 
 
@@ -27,15 +25,9 @@ def tiny_config(dataset_dirs, **changes):
 
 def saved_params(config, workdir):
   """The parameters of the latest checkpoint in `workdir`."""
-  model = models.create(config.model, image_shape=(28, 28, 1), seed=0,
-                        widths=config.widths, hidden_dim=config.hidden_dim,
-                        embedding_dim=config.embedding_dim)
-  _, params = nnx.split(model)
-  tx = train.make_optimizer(config)
-  like = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(params))
+  _, like, _ = train.initial_state(config, (28, 28, 1))
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), every=0, keep=3)
+      os.path.join(workdir, "checkpoints"), keep=3)
   state = checkpointer.restore(checkpointer.latest_step(), like)
   checkpointer.close()
   return state
@@ -65,7 +57,7 @@ def test_held_out_classes_are_evaluated_as_unseen(dataset_dirs, tmp_path):
   config = tiny_config(dataset_dirs, train_classes=(0, 1, 2, 3, 4),
                        few_shot_episodes=20, few_shot_shots=(1, 3))
   results = train.train_and_evaluate(config, str(tmp_path))
-  train_split, test = train.load_data(config)
+  train_split, test = data.load_splits(config)
   assert set(train_split.labels.tolist()) == {0, 1, 2, 3, 4}
   seen = int(np.isin(test.labels, [0, 1, 2, 3, 4]).sum())
   assert results["test_queries"] == seen
@@ -76,7 +68,7 @@ def test_held_out_classes_are_evaluated_as_unseen(dataset_dirs, tmp_path):
     assert 0.0 <= results[name] <= 1.0, name
   assert results["unseen_5way_1shot_prototype_ci95"] > 0
   with pytest.raises(ValueError, match=r"train_classes \[12\] do not occur"):
-    train.load_data(config.replace(train_classes=(1, 12)))
+    data.load_splits(config.replace(train_classes=(1, 12)))
 
 
 def test_resume_equals_uninterrupted_run(dataset_dirs, tmp_path):
@@ -110,15 +102,10 @@ def test_each_loss_lowers_its_loss(dataset_dirs, loss):
                        learning_rate=3e-3, warmup_steps=0, steps=100,
                        margin=0.5)
   split = data.load("mnist", "train[:500]", **dataset_dirs)
-  sampler = train._sampler(config, split.labels)
+  sampler = sampling.create(config, split.labels)
   indices = sampler(0)
   images, labels = split.images[indices], split.labels[indices]
-  model = models.create("cnn", image_shape=(28, 28, 1), seed=0, widths=(4,),
-                        hidden_dim=16, embedding_dim=8)
-  graphdef, params = nnx.split(model)
-  tx = train.make_optimizer(config)
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=tx.init(params))
+  graphdef, state, tx = train.initial_state(config, (28, 28, 1))
   step = jax.jit(lambda s: train.train_step(s, images, labels,
                                             graphdef=graphdef, tx=tx,
                                             config=config))

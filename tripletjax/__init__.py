@@ -1,17 +1,23 @@
-"""tripletjax: deep metric learning with the triplet loss in JAX."""
+"""tripletjax: deep metric learning with the triplet loss in JAX.
 
-from tripletjax.distances import METRICS
+Words used with one meaning throughout: a *metric* is the distance between
+embeddings (``"euclidean"``, ``"squared_euclidean"``, ``"cosine"``);
+*metrics* are measured values (a batch's loss statistics, retrieval and
+few-shot results), as written to ``metrics.jsonl``.
+"""
+
+from tripletjax.distances import METRIC_NAMES
 from tripletjax.distances import paired_distances
 from tripletjax.distances import pairwise_distances
+from tripletjax.losses import BATCH_METRICS
 from tripletjax.losses import batch_all_triplet_loss
 from tripletjax.losses import batch_hard_triplet_loss
 from tripletjax.losses import batch_semihard_triplet_loss
-from tripletjax.losses import METRIC_NAMES
 from tripletjax.losses import MINING_LOSSES
 from tripletjax.losses import triplet_margin_loss
 
 __all__ = [
-    "METRICS",
+    "BATCH_METRICS",
     "METRIC_NAMES",
     "MINING_LOSSES",
     "batch_all_triplet_loss",

@@ -19,14 +19,14 @@ from typing import Any
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Saves every `every` steps (and when forced), keeps the last `keep`."""
+  """Saves train states by step and keeps the last `keep`."""
 
-  def __init__(self, directory: str, *, every: int, keep: int):
-    self.every = every
+  def __init__(self, directory: str, *, keep: int):
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -35,17 +35,13 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves `state` as step `step` when due (or `force`); returns if it did."""
-    if not force and not (self.every and step % self.every == 0):
-      return False
+  def save(self, step: int, state: Any) -> None:
+    """Saves `state` as step `step` (nothing if that step is saved)."""
     if step in self._manager.all_steps():
-      return False
-    saved = self._manager.save(step, args=ocp.args.StandardSave(state),
-                               force=True)
-    if saved:
+      return
+    if self._manager.save(step, args=ocp.args.StandardSave(state),
+                          force=True):
       logging.info("Saving checkpoint of step %d.", step)
-    return saved
 
   def restore(self, step: int, like: Any) -> Any:
     """The state saved at `step`, with the structure and dtypes of `like`."""
@@ -83,3 +79,36 @@ class Checkpointer:
     """Waits for saves in flight to finish."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def restore_params(directory: str, like: Any) -> tuple[int, Any]:
+  """The parameters of the newest readable checkpoint in `directory`.
+
+  Reads the ``params`` entry of a saved train state alone (none of the
+  optimiser state), with the structure and dtypes of `like`. A checkpoint
+  that cannot be read is skipped with a warning (and left where it is).
+
+  Returns:
+    ``(step, params)``.
+
+  Raises:
+    FileNotFoundError: `directory` holds no readable checkpoint.
+  """
+  abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+  args = ocp.args.PyTreeRestore(
+      abstract, restore_args=jax.tree.map(
+          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract),
+      partial_restore=True)
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  item_handlers=ocp.PyTreeCheckpointHandler())
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        return step, manager.restore(step, args=args)["params"]
+      except Exception as e:  # Orbax and TensorStore raise many types.
+        logging.warning("The checkpoint of step %d in %s cannot be read "
+                        "(%s); trying the previous one.", step, directory,
+                        type(e).__name__)
+  finally:
+    manager.close()
+  raise FileNotFoundError(f"{directory!r} holds no readable checkpoint.")

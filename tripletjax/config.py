@@ -22,57 +22,109 @@ TUPLE_FIELDS = ("widths", "train_classes", "knn_ks", "few_shot_shots")
 LOSS_NAMES = (*losses.MINING_LOSSES, RANDOM_TRIPLETS)
 
 
+def _setting(default: Any, help_text: str) -> Any:
+  """A `Config` field with its default and its help text (the flag's)."""
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything that defines a training run.
 
   The defaults are the main job: a small CNN trained with batch-all mining on
   MNIST, evaluated by 1-NN accuracy of the test split against the train split.
+  Each field's help text (`help_text`) is the help of its command-line flag.
   """
   # Data.
-  dataset: str = "mnist"
-  train_split: str = "train"
-  test_split: str = "test"
-  data_dir: str | None = None  # Where tensorflow-datasets keeps prepared data.
-  manual_dir: str | None = None  # Original download files, for offline use.
-  image_size: int = 0  # Resize images to image_size^2 (0: keep their size).
-  train_classes: tuple[int, ...] = ()  # Train on these only (empty: all).
+  dataset: str = _setting(
+      "mnist", "tensorflow-datasets name (mnist, fashion_mnist, "
+      "omniglot_lake, ...).")
+  train_split: str = _setting(
+      "train", "Split to train on (and the references of the test queries).")
+  test_split: str = _setting("test", "Split whose images are evaluated.")
+  data_dir: str | None = _setting(
+      None, "Where tensorflow-datasets keeps prepared data (default: its "
+      "own, ~/tensorflow_datasets).")
+  manual_dir: str | None = _setting(
+      None, "Original download files for offline use: the directory itself "
+      "or one with a sub-directory per dataset (default: "
+      "$TRIPLETJAX_MANUAL_DIR).")
+  image_size: int = _setting(
+      0, "Resize images to this many pixels square (0: keep their size).")
+  train_classes: tuple[int, ...] = _setting(
+      (), "Train on these class ids only (empty: all); test images of the "
+      "others are evaluated as unseen classes (leave-one-out retrieval, "
+      "few-shot episodes).")
   # Model.
-  model: str = "cnn"
-  embedding_dim: int = 64
-  widths: tuple[int, ...] = (32, 64)  # CNN: conv widths; MLP: hidden widths.
-  hidden_dim: int = 256  # CNN: width of the dense layer before the embedding.
-  normalize_embeddings: bool = True
+  model: str = _setting(
+      "cnn", f"Embedding network: {', '.join(models.MODELS)}.")
+  embedding_dim: int = _setting(64, "Size of the embedding.")
+  widths: tuple[int, ...] = _setting(
+      (32, 64), "CNN: conv widths (one 2x2 pooling each); MLP: hidden "
+      "widths.")
+  hidden_dim: int = _setting(
+      256, "CNN: width of the dense layer before the embedding.")
+  normalize_embeddings: bool = _setting(True, "L2-normalise the embeddings.")
   # Loss and mining.
-  loss: str = "batch_all"
-  margin: float = 0.5
-  metric: str = "euclidean"
-  classes_per_batch: int = 10  # P.
-  examples_per_class: int = 25  # K.
-  triplets_per_batch: int = 85  # Batch of the random_triplets loss.
+  loss: str = _setting(
+      "batch_all", f"Loss and mining: {', '.join(LOSS_NAMES)}.")
+  margin: float = _setting(0.5, "Triplet margin.")
+  metric: str = _setting(
+      "euclidean", f"Distance: {', '.join(distances.METRIC_NAMES)}.")
+  classes_per_batch: int = _setting(10, "P: classes in each P x K batch.")
+  examples_per_class: int = _setting(
+      25, "K: examples of each class in a P x K batch.")
+  triplets_per_batch: int = _setting(
+      85, "Triplets per batch of the random_triplets loss.")
   # Optimisation.
-  steps: int = 3000
-  learning_rate: float = 1e-3
-  warmup_steps: int = 100
-  weight_decay: float = 0.0
-  augment_shift: int = 2  # Random translation of training images, pixels.
-  augment_rotation: float = 0.0  # Random rotation, up to this many degrees.
-  augment_scale: float = 0.0  # Random scaling by 1 +- up to this fraction.
-  seed: int = 0
+  steps: int = _setting(3000, "Training steps.")
+  learning_rate: float = _setting(
+      1e-3, "Peak learning rate (Adam, warm-up then cosine decay).")
+  warmup_steps: int = _setting(100, "Linear warm-up steps.")
+  weight_decay: float = _setting(0.0, "AdamW weight decay (0: Adam).")
+  augment_shift: int = _setting(
+      2, "Random translation of training images, in pixels.")
+  augment_rotation: float = _setting(
+      0.0, "Random rotation of training images, up to this many degrees "
+      "either way.")
+  augment_scale: float = _setting(
+      0.0, "Random scaling of training images by a factor in "
+      "[1 - s, 1 + s].")
+  seed: int = _setting(
+      0, "Seed of initialisation, sampling and augmentation.")
   # Devices.
-  parallelism: str = "jit"  # "jit" over a device mesh, or "pmap".
-  mining_scope: str = "global"  # Mine the global batch, or each device's.
+  parallelism: str = _setting(
+      "jit", "jit (one program over a mesh of all devices) or pmap (the step "
+      "under jax.pmap).")
+  mining_scope: str = _setting(
+      "global", "global: mine the whole batch across devices; local: each "
+      "device mines its own shard.")
   # Evaluation, checkpoints, logging.
-  eval_every: int = 1000
-  eval_batch_size: int = 1024
-  knn_ks: tuple[int, ...] = (1, 5)  # k of the k-NN accuracies reported.
-  few_shot_ways: int = 5  # Episodes on classes never trained on.
-  few_shot_shots: tuple[int, ...] = (1, 5)
-  few_shot_episodes: int = 1000
-  write_figures: bool = True  # PNG figures in workdir/figures at the end.
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 3
-  log_every_seconds: float = 10.0
+  eval_every: int = _setting(
+      1000, "Evaluate every this many steps (0: only at the end).")
+  eval_batch_size: int = _setting(
+      1024, "Images per embedding call in evaluation.")
+  knn_ks: tuple[int, ...] = _setting(
+      (1, 5), "k of the k-NN (majority vote) accuracies reported.")
+  few_shot_ways: int = _setting(
+      5, "Classes per few-shot episode (unseen classes).")
+  few_shot_shots: tuple[int, ...] = _setting(
+      (1, 5), "Support examples per class: one evaluation each.")
+  few_shot_episodes: int = _setting(
+      1000, "Few-shot episodes per evaluation.")
+  write_figures: bool = _setting(
+      True, "Write PNG figures into <workdir>/figures at the end.")
+  checkpoint_every: int = _setting(
+      500, "Checkpoint every this many steps (0: only at the end).")
+  keep_checkpoints: int = _setting(3, "Checkpoints to keep.")
+  log_every_seconds: float = _setting(
+      10.0, "Seconds between progress lines.")
+
+  @classmethod
+  def help_text(cls, name: str) -> str:
+    """The help of setting `name` (its command-line flag's)."""
+    return next(f for f in dataclasses.fields(cls)
+                if f.name == name).metadata["help"]
 
   @property
   def batch_size(self) -> int:
@@ -80,6 +132,12 @@ class Config:
     if self.loss == RANDOM_TRIPLETS:
       return 3 * self.triplets_per_batch
     return self.classes_per_batch * self.examples_per_class
+
+  def model_settings(self) -> dict[str, Any]:
+    """The keyword arguments of `tripletjax.models.create` for this run."""
+    return dict(widths=self.widths, hidden_dim=self.hidden_dim,
+                embedding_dim=self.embedding_dim,
+                normalize=self.normalize_embeddings)
 
   def replace(self, **changes: Any) -> Config:
     return dataclasses.replace(self, **changes)
@@ -117,8 +175,8 @@ def validate(config: Config) -> Config:
   c = config
   _require(c.loss in LOSS_NAMES,
            f"loss must be one of {LOSS_NAMES}, got {c.loss!r}.")
-  _require(c.metric in distances.METRICS,
-           f"metric must be one of {distances.METRICS}, got {c.metric!r}.")
+  _require(c.metric in distances.METRIC_NAMES,
+           f"metric must be one of {distances.METRIC_NAMES}, got {c.metric!r}.")
   _require(c.parallelism in parallel.PARALLELISMS,
            f"parallelism must be one of {parallel.PARALLELISMS}, got "
            f"{c.parallelism!r}.")

@@ -1,6 +1,6 @@
 """Distances between embeddings.
 
-Three metrics, named everywhere by the strings of `METRICS`:
+Three metrics, named everywhere by the strings of `METRIC_NAMES`:
 
 * ``"euclidean"``: ``||x - y||``. Its gradient at zero distance is defined as
   zero (the minimum-norm subgradient), with no epsilon that biases the value.
@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-METRICS = ("euclidean", "squared_euclidean", "cosine")
+METRIC_NAMES = ("euclidean", "squared_euclidean", "cosine")
 
 
 def check_metric(metric: str) -> None:
-  """Raises a `ValueError` naming `metric` unless it is one of `METRICS`."""
-  if metric not in METRICS:
-    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
+  """Raises a `ValueError` naming `metric` unless in `METRIC_NAMES`."""
+  if metric not in METRIC_NAMES:
+    raise ValueError(f"metric must be one of {METRIC_NAMES}, got {metric!r}.")
 
 
 def safe_sqrt(x: jax.Array) -> jax.Array:

@@ -1,134 +1,103 @@
-"""Embedding whole splits and exact nearest-neighbour evaluation.
+"""Evaluating an embedding network on the splits of a run.
 
-Nearest neighbours are computed blockwise: each block of queries scans the
-references block by block with a running top-k, so memory does not grow with
-the number of references.
+Composes the exact evaluations: retrieval metrics (`tripletjax.retrieval`)
+and few-shot episodes (`tripletjax.few_shot`). `Embedder` turns host images
+into host embeddings in fixed-size batches; `evaluate` scores the test
+split's embeddings:
+
+* test images of classes trained on (``test_*``) query the train split;
+* those of classes never trained on (``unseen_*``: held out by
+  ``train_classes``, or absent from the train split as in Omniglot) query
+  each other, leave-one-out, and make the few-shot episodes.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
+import dataclasses
 
-import jax
+from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 
-from tripletjax import distances
+from tripletjax import config as config_lib
+from tripletjax import few_shot
+from tripletjax import models
+from tripletjax import retrieval
+from tripletjax.data import Split
 
 
-def embed(embed_fn: Callable[[jax.Array], jax.Array], images: np.ndarray, *,
-          batch_size: int) -> np.ndarray:
-  """Embeds `images` in batches of `batch_size` (the last one padded).
+@dataclasses.dataclass(frozen=True)
+class Embedder:
+  """A network's embedding function for host arrays of any length.
+
+  Called with ``uint8 [N, H, W, C]`` images, returns ``float32 [N, D]``,
+  embedding `batch_size` images per call (the last batch padded, so one
+  compilation serves every call).
+  """
+  graphdef: nnx.GraphDef
+  params: nnx.State
+  batch_size: int
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    n = images.shape[0]
+    out = []
+    for start in range(0, n, self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      pad = self.batch_size - chunk.shape[0]
+      if pad:
+        chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]),
+                                                chunk.dtype)])
+      out.append(models.embed(self.graphdef, self.params,
+                              chunk)[:self.batch_size - pad])
+    return np.asarray(jnp.concatenate(out)) if out else np.zeros((0, 0))
+
+
+def embed_splits(embedder: Embedder, train: Split, test: Split
+                 ) -> tuple[np.ndarray | None, np.ndarray]:
+  """The embeddings that `evaluate` needs: ``(train or None, test)``.
+
+  The train split is embedded only if some test classes occur in it.
+  """
+  train_needed = np.isin(test.labels, train.labels).any()
+  return (embedder(train.images) if train_needed else None,
+          embedder(test.images))
+
+
+def evaluate(train_embeddings: np.ndarray | None, test_embeddings: np.ndarray,
+             train: Split, test: Split, config: config_lib.Config
+             ) -> dict[str, float]:
+  """Retrieval metrics and few-shot accuracies of the test split (see the
+  module doc).
 
   Args:
-    embed_fn: jitted function, ``uint8 [b, H, W, C] -> float [b, D]``.
-    images: ``uint8 [N, H, W, C]``.
-    batch_size: images per call; every call has this size, so `embed_fn`
-      compiles once.
+    train_embeddings, test_embeddings: as `embed_splits` gives them,
+      ``[N, D]``.
+    train, test: the splits.
+    config: metric, k-NN and few-shot settings.
 
   Returns:
-    ``float32 [N, D]``.
+    ``{"test_<name>": ..., "unseen_<name>": ...,
+    "unseen_<ways>way_<shots>shot_<method>": ...}``.
   """
-  n = images.shape[0]
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = images[start:start + batch_size]
-    pad = batch_size - chunk.shape[0]
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]),
-                                              chunk.dtype)])
-    out.append(embed_fn(chunk)[:batch_size - pad])
-  return np.asarray(jnp.concatenate(out)) if out else np.zeros((0, 0))
+  queries = test_embeddings
+  seen = np.isin(test.labels, train.labels)
+  results = {}
 
+  def add(prefix, values):
+    results.update({f"{prefix}_{k}": v for k, v in values.items()})
 
-def _pad_rows(x: jax.Array, multiple: int) -> jax.Array:
-  pad = -x.shape[0] % multiple
-  return jnp.pad(x, ((0, pad), (0, 0))) if pad else x
-
-
-@functools.partial(jax.jit, static_argnames=(
-    "k", "metric", "exclude_self", "query_block", "reference_block"))
-def nearest_neighbors(
-    queries: jax.Array,
-    references: jax.Array,
-    *,
-    k: int,
-    metric: str = "euclidean",
-    exclude_self: bool = False,
-    labels: tuple[jax.Array, jax.Array] | None = None,
-    query_block: int = 1024,
-    reference_block: int = 8192,
-) -> tuple[jax.Array, jax.Array]:
-  """Exact k nearest references of every query.
-
-  Args:
-    queries: ``[Q, D]``.
-    references: ``[R, D]``, ``R >= k`` (``R > k`` with `exclude_self`).
-    k: number of neighbours.
-    metric: see `tripletjax.distances`.
-    exclude_self: queries are the references themselves (leave-one-out):
-      query ``i`` never has reference ``i`` as a neighbour.
-    labels: ``(query_labels [Q], reference_labels [R])``: if given, a
-      reference with the query's label is never its neighbour (the nearest
-      negatives); missing neighbours then have distance inf and index -1.
-    query_block: queries per block.
-    reference_block: references per block; memory is
-      ``O(query_block * (reference_block + k))``.
-
-  Returns:
-    ``(distances, indices)``, each ``[Q, k]``, nearest first; ties go to the
-    lower reference index.
-  """
-  num_q, num_r = queries.shape[0], references.shape[0]
-  if k < 1 or k > num_r - int(exclude_self):
-    raise ValueError(f"k must be in [1, {num_r - int(exclude_self)}], got {k}.")
-  if exclude_self and num_q != num_r:
-    raise ValueError("exclude_self needs queries and references to be the "
-                     f"same set, got {num_q} and {num_r} rows.")
-  query_block = min(query_block, num_q)
-  reference_block = min(reference_block, num_r)
-  q_blocks = _pad_rows(queries, query_block).reshape(
-      -1, query_block, queries.shape[1])
-  r_blocks = _pad_rows(references, reference_block).reshape(
-      -1, reference_block, references.shape[1])
-  r_offsets = jnp.arange(r_blocks.shape[0]) * reference_block
-  if labels is not None:
-    q_labels = _pad_rows(labels[0][:, None], query_block).reshape(
-        -1, query_block)
-    r_labels = _pad_rows(labels[1][:, None], reference_block).reshape(
-        -1, reference_block)
-  else:
-    q_labels = jnp.zeros(q_blocks.shape[:2], jnp.int32)
-    r_labels = jnp.ones(r_blocks.shape[:2], jnp.int32)
-
-  def search(args):
-    q, q_offset, q_label = args
-    q_index = q_offset + jnp.arange(query_block)
-
-    def scan_references(best, block):
-      best_d, best_i = best
-      r, r_offset, r_label = block
-      r_index = r_offset + jnp.arange(reference_block)
-      d = distances.pairwise_distances(q, r, metric=metric)
-      invalid = (r_index >= num_r)[None, :] | (
-          q_label[:, None] == r_label[None, :])
-      if exclude_self:
-        invalid = invalid | (q_index[:, None] == r_index[None, :])
-      d = jnp.where(invalid, jnp.inf, d)
-      cand_d = jnp.concatenate([best_d, d], axis=1)
-      cand_i = jnp.concatenate(
-          [best_i, jnp.broadcast_to(r_index, d.shape)], axis=1)
-      neg_d, pos = jax.lax.top_k(-cand_d, k)
-      return (-neg_d, jnp.take_along_axis(cand_i, pos, axis=1)), None
-
-    init = (jnp.full((query_block, k), jnp.inf),
-            jnp.zeros((query_block, k), jnp.int32))
-    (best_d, best_i), _ = jax.lax.scan(scan_references, init,
-                                       (r_blocks, r_offsets, r_labels))
-    return best_d, jnp.where(jnp.isinf(best_d), -1, best_i)
-
-  q_offsets = jnp.arange(q_blocks.shape[0]) * query_block
-  best_d, best_i = jax.lax.map(search, (q_blocks, q_offsets, q_labels))
-  return best_d.reshape(-1, k)[:num_q], best_i.reshape(-1, k)[:num_q]
-
+  if seen.any():
+    add("test", retrieval.retrieval_metrics(
+        queries[seen], test.labels[seen], train_embeddings, train.labels,
+        metric=config.metric, knn_ks=config.knn_ks))
+  if (~seen).sum() > max(config.knn_ks):
+    unseen_labels = test.labels[~seen]
+    add("unseen", retrieval.retrieval_metrics(
+        queries[~seen], unseen_labels, metric=config.metric,
+        knn_ks=config.knn_ks))
+    for shots in config.few_shot_shots:
+      add(f"unseen_{config.few_shot_ways}way_{shots}shot", few_shot.evaluate(
+          queries[~seen], unseen_labels, ways=config.few_shot_ways,
+          shots=shots, episodes=config.few_shot_episodes, metric=config.metric,
+          seed=config.seed))
+  return results

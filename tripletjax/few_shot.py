@@ -9,6 +9,10 @@ query examples of each, and classifies every query by
 
 Accuracy is averaged over episodes, with a 95% confidence interval of the
 mean (1.96 standard errors), the convention of the few-shot literature.
+
+Lake et al.'s official Omniglot task (20 runs of 20-way one-shot
+classification, the ``one_shot`` split of ``omniglot_lake``) is scored by
+`omniglot_one_shot_accuracy`.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def episode_accuracies(support: jax.Array, query: jax.Array, *, metric: str
     support: ``[E, ways, shots, D]`` embeddings.
     query: ``[E, ways, queries_per_class, D]`` embeddings; the true class of
       ``query[e, w]`` is ``w``.
-    metric: a name of `tripletjax.distances.METRICS`.
+    metric: a name of `tripletjax.distances.METRIC_NAMES`.
 
   Returns:
     ``{method: [E]}`` accuracies.
@@ -107,7 +111,7 @@ def evaluate(embeddings: np.ndarray, labels: np.ndarray, *, ways: int,
     embeddings: ``[N, D]`` embeddings of the evaluation classes.
     labels: ``[N]`` their labels.
     ways, shots, queries_per_class, episodes, seed: see `sample_episodes`.
-    metric: a name of `tripletjax.distances.METRICS`.
+    metric: a name of `tripletjax.distances.METRIC_NAMES`.
 
   Returns:
     ``{"<method>": mean accuracy, "<method>_ci95": half-width}`` for each
@@ -129,3 +133,31 @@ def evaluate(embeddings: np.ndarray, labels: np.ndarray, *, ways: int,
         1.96 * values.std(ddof=1) / math.sqrt(len(values))
         if len(values) > 1 else float("nan"))
   return results
+
+
+def omniglot_one_shot_accuracy(embeddings: np.ndarray, labels: np.ndarray,
+                               run: np.ndarray, is_query: np.ndarray, *,
+                               metric: str = "euclidean") -> float:
+  """Accuracy on Lake et al.'s official one-shot task: each test image of a
+  run takes the label of the nearest of that run's 20 training images (Lake
+  et al. report the error rate, 1 minus this).
+
+  Args:
+    embeddings: ``[N, D]`` embeddings of the ``one_shot`` split's images.
+    labels, run, is_query: ``[N]``, the split's features of those names.
+    metric: a name of `tripletjax.distances.METRIC_NAMES`.
+
+  Returns:
+    The fraction of the test images classified correctly.
+  """
+  right = total = 0
+  for r in np.unique(run):
+    train = (run == r) & ~is_query
+    test = (run == r) & is_query
+    d = distances.pairwise_distances(jnp.asarray(embeddings[test]),
+                                     jnp.asarray(embeddings[train]),
+                                     metric=metric)
+    predicted = labels[train][np.argmin(np.asarray(d), axis=1)]
+    right += int(np.sum(predicted == labels[test]))
+    total += int(test.sum())
+  return right / total

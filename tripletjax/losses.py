@@ -1,8 +1,8 @@
 """Triplet losses with online mining, as pure JAX functions.
 
 Every loss takes a batch of ``embeddings [B, D]`` and integer ``labels [B]``
-and returns ``(loss, metrics)``: a scalar loss and a dict of scalar
-diagnostics (`METRIC_NAMES`). A label below zero marks a padding row, which
+and returns ``(loss, metrics)``: a scalar loss and a dict of the batch's
+scalar metrics (`BATCH_METRICS`). A label below zero marks a padding row, which
 takes part in no triplet. A batch without a single valid triplet gives a loss
 of 0 and zero gradients.
 
@@ -32,7 +32,7 @@ from tripletjax import sorting
 Metrics = dict[str, jax.Array]
 LossFn = Callable[..., tuple[jax.Array, Metrics]]
 
-METRIC_NAMES = (
+BATCH_METRICS = (
     "num_triplets",
     "num_active_triplets",
     "fraction_active_triplets",
@@ -145,7 +145,7 @@ def _combine(partials: dict[str, jax.Array], axis_name) -> dict[str, jax.Array]:
 
 
 def _finalize(p: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
-  """The loss and the diagnostics of `METRIC_NAMES` from the sums."""
+  """The loss and the diagnostics of `BATCH_METRICS` from the sums."""
   loss = _safe_divide(p["loss_sum"], p["loss_count"])
   return loss, {
       "num_triplets": p["num_triplets"],
@@ -261,7 +261,7 @@ def batch_all_triplet_loss(
       metrics are the global ones on every device.
 
   Returns:
-    ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
+    ``(loss, metrics)``: scalar loss and a dict of scalars (`BATCH_METRICS`).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -335,7 +335,7 @@ def batch_hard_triplet_loss(
       metrics are the global ones on every device.
 
   Returns:
-    ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
+    ``(loss, metrics)``: scalar loss and a dict of scalars (`BATCH_METRICS`).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -352,13 +352,59 @@ def batch_hard_triplet_loss(
                      metric=metric, axis_name=axis_name, soft=soft)
 
 
+def _hardest(dist, pos, neg):
+  """Each anchor row's farthest positive and closest negative.
+
+  Returns:
+    ``(positive, negative, anchors)``: column indices ``[A]`` (the first at
+    ties) and whether the row has both a positive and a negative.
+  """
+  positive = jnp.argmax(jnp.where(pos, dist, -jnp.inf), axis=1)
+  negative = jnp.argmin(jnp.where(neg, dist, jnp.inf), axis=1)
+  return positive, negative, jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
+
+
+def hardest_triplets(
+    embeddings: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    metric: str = "euclidean",
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+  """The triplets batch-hard mining picks: for each anchor, the farthest
+  positive and the closest negative in the batch.
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings.
+    labels: ``[B]`` integer class ids; rows with a label < 0 are padding.
+    metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+
+  Returns:
+    ``(positive, negative, d_ap, d_an, anchors)``, each ``[B]``: the
+    indices of each anchor's hardest positive and negative (the first at
+    ties), their distances, and whether the anchor has both (where it has
+    not, the other four are meaningless).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[0.], [1.], [1.5], [3.]])
+    >>> p, n, d_ap, d_an, ok = hardest_triplets(x, jnp.array([0, 0, 1, 1]))
+    >>> p.tolist(), n.tolist(), ok.tolist()
+    ([1, 0, 3, 2], [2, 2, 1, 1], [True, True, True, True])
+  """
+  embeddings, labels = _check_batch(embeddings, labels, 0.0, metric)
+  dist = distances.pairwise_distances(embeddings, metric=metric)
+  pos, neg, _ = _pair_masks(labels, jnp.arange(labels.shape[0]), labels)
+  positive, negative, anchors = _hardest(dist, pos, neg)
+  rows = jnp.arange(labels.shape[0])
+  return (positive, negative, dist[rows, positive], dist[rows, negative],
+          anchors)
+
+
 def _batch_hard_rows(dist, pos, neg, *, margin, soft):
   """Batch-hard over anchor rows: (loss sum, loss count, triplets, active)."""
-  has_neg = jnp.any(neg, axis=1)
-  anchors = jnp.any(pos, axis=1) & has_neg
-  hardest_pos = jnp.max(jnp.where(pos, dist, 0.0), axis=1)
-  hardest_neg = jnp.min(jnp.where(neg, dist, jnp.inf), axis=1)
-  hardest_neg = jnp.where(has_neg, hardest_neg, 0.0)
+  positive, negative, anchors = _hardest(dist, pos, neg)
+  hardest_pos = jnp.take_along_axis(dist, positive[:, None], axis=1)[:, 0]
+  hardest_neg = jnp.take_along_axis(dist, negative[:, None], axis=1)[:, 0]
   violation = hardest_pos - hardest_neg + margin
   per_anchor = jax.nn.softplus(violation) if soft else jax.nn.relu(violation)
   num_anchors = jnp.sum(anchors)
@@ -395,7 +441,7 @@ def batch_semihard_triplet_loss(
       metrics are the global ones on every device.
 
   Returns:
-    ``(loss, metrics)``: scalar loss and a dict of scalars (`METRIC_NAMES`).
+    ``(loss, metrics)``: scalar loss and a dict of scalars (`BATCH_METRICS`).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -456,7 +502,7 @@ def triplet_margin_loss(
 
   Returns:
     ``(loss, metrics)``: the mean of ``max(d_ap - d_an + margin, 0)`` over the
-    ``T`` triplets and a dict of scalars (`METRIC_NAMES`).
+    ``T`` triplets and a dict of scalars (`BATCH_METRICS`).
 
   Examples:
     >>> import jax.numpy as jnp

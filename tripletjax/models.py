@@ -1,11 +1,14 @@
-"""Embedding networks (Flax NNX), chosen by name.
+"""Embedding networks (Flax NNX), chosen by name, and the embedding function.
 
-Each maps a batch of images ``[B, H, W, C]`` (float, already normalised) to
-embeddings ``[B, embedding_dim]``, L2-normalised unless told otherwise.
+Each network maps a batch of images ``[B, H, W, C]`` (float, already
+`preprocess`-ed) to embeddings ``[B, embedding_dim]``, L2-normalised unless
+told otherwise. `embed` is the whole function from ``uint8`` images to
+embeddings, the one that evaluation and export use.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 from flax import nnx
@@ -94,6 +97,25 @@ class MLP(nnx.Module):
 
 
 MODELS = {"cnn": CNN, "mlp": MLP}
+
+
+def preprocess(images: jax.Array) -> jax.Array:
+  """``uint8`` images to the networks' input: ``float32`` in ``[0, 1]``."""
+  return images.astype(jnp.float32) / 255.0
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def embed(graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array
+          ) -> jax.Array:
+  """``uint8 [B, H, W, C]`` images to ``[B, D]`` embeddings.
+
+  Args:
+    graphdef: the network's structure (from `nnx.split`); equal structures
+      share one compilation.
+    params: its parameters.
+    images: ``uint8 [B, H, W, C]``.
+  """
+  return nnx.merge(graphdef, params)(preprocess(images))
 
 
 def create(name: str, *, image_shape: tuple[int, int, int], seed: int,

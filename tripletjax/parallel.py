@@ -99,6 +99,29 @@ def process_slice(size: int) -> slice:
   return slice(index * share, (index + 1) * share)
 
 
+def local_batch(indices: np.ndarray, images: np.ndarray, labels: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """This process's rows of the global batch of example `indices`.
+
+  The global batch is padded with rows of label -1 (they take part in no
+  triplet) to a multiple of the number of devices, then split into one
+  contiguous slice per process.
+
+  Args:
+    indices: ``[B]`` example indices of the global batch.
+    images: ``[N, H, W, C]`` the examples' images.
+    labels: ``[N]`` their labels.
+
+  Returns:
+    ``(images, labels)`` of this process's rows.
+  """
+  size = padded_batch_size(len(indices), jax.device_count())
+  indices, real = pad_batch(indices, size)
+  mine = process_slice(size)
+  indices, real = indices[mine], real[mine]
+  return images[indices], np.where(real, labels[indices], -1)
+
+
 def global_array(mesh: jax.sharding.Mesh, local: np.ndarray) -> jax.Array:
   """The global batch-sharded array whose rows this process holds `local`."""
   return jax.make_array_from_process_local_data(batch_sharded(mesh), local)

@@ -13,16 +13,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable
 
 import numpy as np
 
-from tripletjax import data
-from tripletjax import distances
-from tripletjax import evaluation
+from tripletjax import losses
+from tripletjax import neighbors
 from tripletjax import plotting
+from tripletjax import writers
+from tripletjax.data import Split
 
 _ACCURACY_KEYS = ("test_knn_accuracy_at_1", "test_map_at_r",
                   "unseen_knn_accuracy_at_1", "unseen_map_at_r")
@@ -36,35 +36,8 @@ def _one_per_class(labels: np.ndarray, count: int) -> np.ndarray:
   return np.concatenate([picked, rest[:count - len(picked)]]).astype(np.int64)
 
 
-def hardest_triplets(embeddings: np.ndarray, labels: np.ndarray,
-                     anchors: np.ndarray, *, metric: str):
-  """The hardest positive and negative of each anchor within a batch.
-
-  Args:
-    embeddings: ``[B, D]``; labels: ``[B]``.
-    anchors: indices of the anchors.
-    metric: a name of `tripletjax.distances.METRICS`.
-
-  Returns:
-    ``(positive indices, negative indices, d(a, p), d(a, n))``; anchors
-    without a positive or negative are dropped (as are their rows).
-  """
-  d = np.asarray(distances.pairwise_distances(embeddings, metric=metric))
-  valid = labels >= 0
-  same = (labels[:, None] == labels[None, :]) & valid[None, :]
-  np.fill_diagonal(same, False)
-  different = (labels[:, None] != labels[None, :]) & valid[None, :]
-  keep = anchors[valid[anchors] & same[anchors].any(1)
-                 & different[anchors].any(1)]
-  d_a = d[keep]
-  positive = np.argmax(np.where(same[keep], d_a, -np.inf), axis=1)
-  negative = np.argmin(np.where(different[keep], d_a, np.inf), axis=1)
-  rows = np.arange(len(keep))
-  return keep, positive, negative, d_a[rows, positive], d_a[rows, negative]
-
-
-def write_figures(workdir: str, embed: Callable[[np.ndarray], np.ndarray],
-                  train: data.Split, test: data.Split, batch_indices,
+def write_figures(workdir: str, embedder: Callable[[np.ndarray], np.ndarray],
+                  train: Split, test: Split, batch_indices,
                   *, metric: str, rows: int = 8, max_points: int = 5000,
                   train_embeddings: np.ndarray | None = None,
                   test_embeddings: np.ndarray | None = None) -> list[str]:
@@ -72,10 +45,11 @@ def write_figures(workdir: str, embed: Callable[[np.ndarray], np.ndarray],
 
   Args:
     workdir: the run's directory.
-    embed: ``uint8 [N, H, W, C] -> [N, D]``, in batches (host arrays).
+    embedder: ``uint8 [N, H, W, C] -> [N, D]`` host arrays
+      (`tripletjax.evaluation.Embedder`).
     train, test: the run's splits.
     train_embeddings, test_embeddings: the embeddings of the whole splits
-      where already computed (``[N, D]``), used instead of `embed`.
+      where already computed (``[N, D]``), used instead of `embedder`.
     batch_indices: indices into `train` of one P x K training batch.
     metric: the run's distance.
     rows: triplets and queries shown.
@@ -83,19 +57,16 @@ def write_figures(workdir: str, embed: Callable[[np.ndarray], np.ndarray],
   """
   out = os.path.join(workdir, "figures")
   paths = []
-  records = []
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(metrics_path):
-    with open(metrics_path, encoding="utf-8") as f:
-      records = [json.loads(line) for line in f if line.strip()]
   paths.append(plotting.training_curves(
-      records, os.path.join(out, "training_curves.png"),
+      writers.read_metrics(os.path.join(workdir, "metrics.jsonl")),
+      os.path.join(out, "training_curves.png"),
       accuracy_keys=_ACCURACY_KEYS))
 
   def embeddings(split, cached, indices=None):
     if cached is not None:
       return cached if indices is None else cached[indices]
-    return embed(split.images if indices is None else split.images[indices])
+    return embedder(split.images if indices is None
+                    else split.images[indices])
 
   shown = np.random.default_rng(0).permutation(len(test))[:max_points]
   shown_embeddings = embeddings(test, test_embeddings, shown)
@@ -104,10 +75,14 @@ def write_figures(workdir: str, embed: Callable[[np.ndarray], np.ndarray],
       os.path.join(out, "embeddings_2d.png")))
 
   batch_labels = train.labels[batch_indices]
-  anchors = _one_per_class(batch_labels, rows)
-  anchors, positive, negative, d_ap, d_an = hardest_triplets(
+  positive, negative, d_ap, d_an, has_both = (np.asarray(v) for v in
+                                              losses.hardest_triplets(
       embeddings(train, train_embeddings, batch_indices), batch_labels,
-      anchors, metric=metric)
+      metric=metric))
+  anchors = _one_per_class(batch_labels, rows)
+  anchors = anchors[has_both[anchors]]
+  positive, negative = positive[anchors], negative[anchors]
+  d_ap, d_an = d_ap[anchors], d_an[anchors]
   images = train.images[batch_indices]
   paths.append(plotting.triplet_grid(
       images[anchors], images[positive], images[negative],
@@ -126,7 +101,7 @@ def write_figures(workdir: str, embed: Callable[[np.ndarray], np.ndarray],
     references, reference_labels = shown_embeddings, test.labels[shown]
     reference_images, exclude = test.images[shown], True
   k = min(5, len(references) - 1)
-  d, index = evaluation.nearest_neighbors(
+  d, index = neighbors.nearest_neighbors(
       references if exclude else shown_embeddings[queries],
       references, k=k, metric=metric, exclude_self=exclude)
   d, index = np.asarray(d), np.asarray(index)

@@ -22,7 +22,7 @@ How it stays exact without a query x reference matrix: MAP@R needs each
 query's ranking to depth R, which for MNIST is 6,000 references. Most of
 those are positives. So each query's positives (all of them, computed class
 by class) are merged with its ``negatives_k`` nearest negatives (one blockwise
-pass, `evaluation.nearest_neighbors`). The merged ranking is exact up to and
+pass, `neighbors.nearest_neighbors`). The merged ranking is exact up to and
 including its ``negatives_k``-th negative; the rare query whose needed depth
 goes beyond that is ranked against every reference instead, a few queries at
 a time. Memory is bounded by ``memory_budget`` bytes per step, whatever the
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tripletjax import distances
-from tripletjax import evaluation
+from tripletjax import neighbors
 
 _NONE = np.uint64(np.iinfo(np.uint64).max)  # Sort key of "no reference".
 # Bytes of host memory per ranked entry (keys, indices, labels, metrics).
@@ -140,7 +140,7 @@ def retrieval_metrics(
     references: ``float [R, D]``; None: leave-one-out, the queries are the
       references and no query retrieves itself.
     reference_labels: ``int [R]``; None with `references` None.
-    metric: a name of `tripletjax.distances.METRICS`.
+    metric: a name of `tripletjax.distances.METRIC_NAMES`.
     recall_ks: the k of ``recall_at_k``.
     knn_ks: the k of ``knn_accuracy_at_k``.
     negatives_k: nearest negatives kept per query in the blockwise pass.
@@ -207,7 +207,7 @@ def retrieval_metrics(
   for k in sorted({min(negatives_k, num_r), min(8 * negatives_k, num_r)}):
     if not len(pending):
       break
-    neg_d, neg_i = evaluation.nearest_neighbors(
+    neg_d, neg_i = neighbors.nearest_neighbors(
         jnp.asarray(queries[pending]), jnp.asarray(references), k=k,
         metric=metric, labels=(jnp.asarray(query_labels[pending]),
                                jnp.asarray(reference_labels)))

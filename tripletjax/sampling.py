@@ -13,6 +13,8 @@ from __future__ import annotations
 from absl import logging
 import numpy as np
 
+from tripletjax import config as config_lib
+
 
 def _rng(seed: int, step: int) -> np.random.Generator:
   return np.random.default_rng((seed, step))
@@ -134,3 +136,22 @@ class TripletSampler:
     other = other + np.where(other >= index.offsets[cls], counts, 0)
     negatives = index.members[other]
     return np.stack([anchors, positives, negatives], axis=1).reshape(-1)
+
+
+def create(config: config_lib.Config, labels: np.ndarray,
+           dataset_name: str | None = None) -> PKSampler | TripletSampler:
+  """The sampler of ``config.loss``: random triplets, or P x K batches for
+  the mining losses.
+
+  Args:
+    config: the run's loss, batch shape and seed.
+    labels: ``[N]`` class ids of the training examples.
+    dataset_name: used in error messages (default: ``config.dataset``).
+  """
+  name = dataset_name or config.dataset
+  if config.loss == config_lib.RANDOM_TRIPLETS:
+    return TripletSampler(labels, triplets_per_batch=config.triplets_per_batch,
+                          seed=config.seed, dataset_name=name)
+  return PKSampler(labels, classes_per_batch=config.classes_per_batch,
+                   examples_per_class=config.examples_per_class,
+                   seed=config.seed, dataset_name=name)

@@ -19,23 +19,21 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
-import numpy as np
 import optax
 
-from tripletjax import augment
 from tripletjax import checkpointing
 from tripletjax import config as config_lib
 from tripletjax import data
 from tripletjax import evaluation
-from tripletjax import few_shot
 from tripletjax import health
 from tripletjax import losses
 from tripletjax import models
 from tripletjax import parallel
 from tripletjax import report
-from tripletjax import retrieval
 from tripletjax import sampling
+from tripletjax import workdir as workdir_lib
 from tripletjax import writers
+from tripletjax.data import augment
 
 Config = config_lib.Config
 
@@ -134,7 +132,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params)
-    x = augment.augment(data.normalize(images), key,
+    x = augment.augment(models.preprocess(images), key,
                         max_shift=config.augment_shift,
                         max_rotation=config.augment_rotation,
                         max_scale=config.augment_scale, **rows)
@@ -153,196 +151,15 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                     opt_state=opt_state), metrics
 
 
-def embed_images(params: nnx.State, images: jax.Array, *,
-                 graphdef: nnx.GraphDef) -> jax.Array:
-  """``uint8 [B, H, W, C]`` images to ``[B, D]`` embeddings."""
-  return nnx.merge(graphdef, params)(data.normalize(images))
-
-
-# --------------------------------------------------------------------------
-# The run.
-# --------------------------------------------------------------------------
-def _sampler(config: Config, labels: np.ndarray):
-  if config.loss == config_lib.RANDOM_TRIPLETS:
-    return sampling.TripletSampler(
-        labels, triplets_per_batch=config.triplets_per_batch, seed=config.seed,
-        dataset_name=config.dataset)
-  return sampling.PKSampler(
-      labels, classes_per_batch=config.classes_per_batch,
-      examples_per_class=config.examples_per_class, seed=config.seed,
-      dataset_name=config.dataset)
-
-
-def local_batch(config: Config, sampler, split: data.Split, step: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-  """This process's rows of global batch `step`: ``(images, labels)``.
-
-  The global batch is padded with rows of label -1 to a multiple of the
-  number of devices; random triplets must split evenly instead.
-  """
-  indices = sampler(step)
-  size = parallel.padded_batch_size(len(indices), jax.device_count())
-  indices, real = parallel.pad_batch(indices, size)
-  mine = parallel.process_slice(size)
-  indices, real = indices[mine], real[mine]
-  return split.images[indices], np.where(real, split.labels[indices], -1)
-
-
-def embedder(embed_fn, params: nnx.State, config: Config
-             ) -> Callable[[np.ndarray], np.ndarray]:
-  """``uint8 [N, H, W, C]`` host images -> ``[N, D]`` host embeddings, in
-  batches of ``config.eval_batch_size``; `embed_fn` is jitted
-  `embed_images`."""
-  return functools.partial(evaluation.embed, functools.partial(
-      embed_fn, params), batch_size=config.eval_batch_size)
-
-
-def embed_splits(embed: Callable[[np.ndarray], np.ndarray],
-                 train: data.Split, test: data.Split
-                 ) -> tuple[np.ndarray | None, np.ndarray]:
-  """The embeddings that `evaluate` needs: ``(train or None, test)``.
-
-  The train split is embedded only if some test classes occur in it.
-  """
-  train_needed = np.isin(test.labels, train.labels).any()
-  return (embed(train.images) if train_needed else None,
-          embed(test.images))
-
-
-def evaluate(train_embeddings: np.ndarray | None, test_embeddings: np.ndarray,
-             train: data.Split, test: data.Split, config: Config
-             ) -> dict[str, float]:
-  """Retrieval metrics and few-shot accuracies of the test split.
-
-  Test images of classes trained on (``test_*``) query the train split.
-  Those of classes never trained on (``unseen_*``: held out by
-  ``config.train_classes``, or absent from the train split as in Omniglot)
-  query each other, leave-one-out, and make the few-shot episodes.
-
-  Args:
-    train_embeddings, test_embeddings: as `embed_splits` gives them,
-      ``[N, D]``.
-    train, test: the splits.
-    config: metric, k-NN and few-shot settings.
-  """
-  queries = test_embeddings
-  seen = np.isin(test.labels, train.labels)
-  results = {}
-
-  def add(prefix, values):
-    results.update({f"{prefix}_{k}": v for k, v in values.items()})
-
-  if seen.any():
-    add("test", retrieval.retrieval_metrics(
-        queries[seen], test.labels[seen], train_embeddings, train.labels,
-        metric=config.metric, knn_ks=config.knn_ks))
-  if (~seen).sum() > max(config.knn_ks):
-    unseen_labels = test.labels[~seen]
-    add("unseen", retrieval.retrieval_metrics(
-        queries[~seen], unseen_labels, metric=config.metric,
-        knn_ks=config.knn_ks))
-    for shots in config.few_shot_shots:
-      add(f"unseen_{config.few_shot_ways}way_{shots}shot", few_shot.evaluate(
-          queries[~seen], unseen_labels, ways=config.few_shot_ways,
-          shots=shots, episodes=config.few_shot_episodes, metric=config.metric,
-          seed=config.seed))
-  return results
-
-
-def load_data(config: Config) -> tuple[data.Split, data.Split]:
-  """The train split (only `config.train_classes` if given) and test split."""
-  load = functools.partial(data.load, config.dataset, data_dir=config.data_dir,
-                           manual_dir=config.manual_dir,
-                           image_size=config.image_size or None)
-  train, test = load(config.train_split), load(config.test_split)
-  if config.train_classes:
-    absent = sorted(set(config.train_classes) - set(train.labels.tolist()))
-    if absent:
-      raise ValueError(
-          f"train_classes {absent} do not occur in {config.dataset!r} "
-          f"{config.train_split!r} (labels {train.labels.min()}-"
-          f"{train.labels.max()}).")
-    keep = np.isin(train.labels, config.train_classes)
-    train = data.Split(images=train.images[keep], labels=train.labels[keep],
-                       num_classes=train.num_classes)
-  return train, test
-
-
 def initial_state(config: Config, image_shape: tuple[int, int, int]
                   ) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
   """The model's structure, the step-0 train state and the optimiser."""
-  model = models.create(
+  graphdef, params = nnx.split(models.create(
       config.model, image_shape=image_shape, seed=config.seed,
-      widths=config.widths, hidden_dim=config.hidden_dim,
-      embedding_dim=config.embedding_dim,
-      normalize=config.normalize_embeddings)
-  graphdef, params = nnx.split(model)
+      **config.model_settings()))
   tx = make_optimizer(config)
   return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params,
                               opt_state=tx.init(params)), tx
-
-
-def restore_trained(workdir: str):
-  """The trained run in `workdir`, for evaluation.
-
-  Returns:
-    ``(config, train, test, embed, step)``: its config, its splits (as
-    `load_data` gives them), an embedding function of its latest checkpoint
-    (``uint8 [N, H, W, C] -> [N, D]`` host arrays, in batches) and the step
-    of that checkpoint.
-
-  Raises:
-    FileNotFoundError: `workdir` holds no run or no checkpoint.
-  """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir!r} holds no run (no config.json).")
-  with open(path, encoding="utf-8") as f:
-    config = Config.from_dict(json.load(f))
-  train, test = load_data(config)
-  graphdef, state, _ = initial_state(config, train.image_shape)
-  checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), every=0,
-      keep=config.keep_checkpoints)
-  restored = checkpointer.restore_latest(state)
-  checkpointer.close()
-  if restored is None:
-    raise FileNotFoundError(f"{workdir!r} holds no checkpoint.")
-  step, state = restored
-  embed_fn = jax.jit(functools.partial(embed_images, graphdef=graphdef))
-  return config, train, test, embedder(embed_fn, state.params, config), step
-
-
-def _prepare_workdir(workdir: str, config: Config, *,
-                     allow_config_change: bool) -> None:
-  """Creates `workdir` and records the config; refuses a different one."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise ValueError(f"workdir {workdir!r} cannot be created: {e}") from None
-  if not os.access(workdir, os.W_OK):
-    raise ValueError(f"workdir {workdir!r} is not writable.")
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    # Settings added since the run was recorded have their defaults there.
-    with open(path, encoding="utf-8") as f:
-      saved = {**json.loads(Config().to_json()), **json.load(f)}
-    current = json.loads(config.to_json())
-    changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k))
-    if not changed:
-      return
-    details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-                        for k in changed)
-    if not allow_config_change:
-      raise ValueError(
-          f"workdir {workdir!r} holds a run with different settings "
-          f"({details}). Use another workdir, or allow the change "
-          "(--allow_config_change) to resume with the new settings.")
-    logging.warning("Resuming %s with changed settings: %s.", workdir, details)
-  if jax.process_index() == 0:
-    with open(path, "w", encoding="utf-8") as f:
-      f.write(config.to_json())
 
 
 def train_and_evaluate(
@@ -368,7 +185,7 @@ def train_and_evaluate(
   start_time = time.time()
   # Configuration: every setting checked before anything is loaded.
   config_lib.validate(config)
-  _prepare_workdir(workdir, config, allow_config_change=allow_config_change)
+  workdir_lib.prepare(workdir, config, allow_config_change=allow_config_change)
   is_main = jax.process_index() == 0
 
   devices = parallel.create(config.parallelism)
@@ -384,8 +201,9 @@ def train_and_evaluate(
       data.prepare(config.dataset, data_dir=config.data_dir,
                    manual_dir=config.manual_dir)
     parallel.barrier("tripletjax: dataset prepared")
-  train, test = load_data(config)
-  sampler = _sampler(config, train.labels)
+  train, test = data.load_splits(config)
+  workdir_lib.record_inputs(workdir, train.image_shape)
+  sampler = sampling.create(config, train.labels)
   logging.info("%s: %d train and %d test images of shape %s, %d classes.",
                config.dataset, len(train), len(test), train.image_shape,
                train.num_classes)
@@ -403,8 +221,7 @@ def train_and_evaluate(
   # the processes line up first.)
   parallel.barrier("tripletjax: state ready")
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), every=config.checkpoint_every,
-      keep=config.keep_checkpoints)
+      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   restored = checkpointer.restore_latest(devices.host_state(state))
   if restored is not None:
     state = devices.place_state(restored[1])
@@ -414,15 +231,16 @@ def train_and_evaluate(
   # Compiled functions.
   step_fn = devices.compile(functools.partial(train_step, graphdef=graphdef,
                                               tx=tx, config=config))
-  embed_fn = jax.jit(functools.partial(embed_images, graphdef=graphdef))
 
   def evaluate_now():
-    """``(embed, (train, test) embeddings, metrics)`` of the current params,
-    copied to the host once and evaluated on a local device."""
-    params = jax.device_get(devices.host_state(state).params)
-    embed = embedder(embed_fn, params, config)
-    embeddings = embed_splits(embed, train, test)
-    return embed, embeddings, evaluate(*embeddings, train, test, config)
+    """``(embedder, (train, test) embeddings, metrics)`` of the current
+    params, copied to the host once and evaluated on a local device."""
+    embedder = evaluation.Embedder(
+        graphdef, jax.device_get(devices.host_state(state).params),
+        config.eval_batch_size)
+    embeddings = evaluation.embed_splits(embedder, train, test)
+    return embedder, embeddings, evaluation.evaluate(*embeddings, train, test,
+                                                     config)
 
   # Loop.
   writer = writers.create_default_writer(workdir, enabled=is_main)
@@ -447,7 +265,8 @@ def train_and_evaluate(
     if should_stop is not None and should_stop(step):
       interrupted = True
       break
-    batch = devices.place_batch(*local_batch(config, sampler, train, step))
+    batch = devices.place_batch(*parallel.local_batch(
+        sampler(step), train.images, train.labels))
     state, metrics = step_fn(state, *batch)
     # Reading the previous step's metrics lets this step run meanwhile.
     if pending is not None:
@@ -460,26 +279,26 @@ def train_and_evaluate(
       read_back(pending)  # Never save or report a non-finite state.
       pending = None
       if save_due or done == config.steps:
-        checkpointer.maybe_save(done, devices.host_state(state), force=True)
+        checkpointer.save(done, devices.host_state(state))
       if eval_due and done < config.steps:
         writer.write_scalars(done, evaluate_now()[2])
   if pending is not None:
     read_back(pending)
   train_seconds = time.time() - loop_start
   last_step = int(devices.host_state(state).step)
-  checkpointer.maybe_save(last_step, devices.host_state(state), force=True)
+  checkpointer.save(last_step, devices.host_state(state))
   checkpointer.close()
   if interrupted:
     writer.close()
-    logging.info("Stopped at step %d; relaunch to resume.", last_step)
+    logging.warning("Stopped at step %d; relaunch to resume.", last_step)
     return {"interrupted": True, "steps": last_step}
 
   # Final evaluation and figures.
-  embed, (train_embeddings, test_embeddings), results = evaluate_now()
+  embedder, (train_embeddings, test_embeddings), results = evaluate_now()
   writer.write_scalars(last_step, results)
   writer.close()
   if is_main and config.write_figures:
-    report.write_figures(workdir, embed, train, test, sampler(last_step),
+    report.write_figures(workdir, embedder, train, test, sampler(last_step),
                          metric=config.metric,
                          train_embeddings=train_embeddings,
                          test_embeddings=test_embeddings)

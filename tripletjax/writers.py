@@ -46,6 +46,14 @@ class JsonlWriter:
     self._file.close()
 
 
+def read_metrics(path: str) -> list[dict[str, float]]:
+  """The records of a `JsonlWriter` file, in order (none if it is absent)."""
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 class TensorBoardWriter:
   """TensorBoard event files, through `tf.summary`."""
 

@@ -1,8 +1,9 @@
 """Image-classification datasets from tensorflow-datasets, held in host memory.
 
 Any TFDS dataset with an image and an integer label works (``mnist``,
-``fashion_mnist``, ...). Images stay ``uint8`` on the host; `normalize` turns
-them into floats on the device, inside the compiled step.
+``fashion_mnist``, ...). Images stay ``uint8`` on the host; the model's
+`tripletjax.models.preprocess` turns them into floats on the device, inside
+the compiled step.
 
 Offline use: tensorflow-datasets takes the original download files from a
 *manual directory* instead of the network. `manual_dir` may be that directory
@@ -14,43 +15,18 @@ variable ``TRIPLETJAX_MANUAL_DIR`` supplies the default.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import os
 
 from absl import logging
-import jax
-import jax.numpy as jnp
 import numpy as np
+import tensorflow_datasets as tfds
+
+# Imported for its side effect: it registers the omniglot_lake builder.
+from tripletjax.data import omniglot  # pylint: disable=unused-import
+from tripletjax.data.split import Split
 
 MANUAL_DIR_ENV = "TRIPLETJAX_MANUAL_DIR"
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """One split of a dataset in host memory.
-
-  Attributes:
-    images: ``uint8 [N, H, W, C]``.
-    labels: ``int32 [N]``, class ids in ``[0, num_classes)``.
-    num_classes: number of classes of the dataset (not only of this split).
-  """
-  images: np.ndarray
-  labels: np.ndarray
-  num_classes: int
-
-  def __post_init__(self):
-    if self.images.ndim != 4 or self.images.shape[0] != self.labels.shape[0]:
-      raise ValueError(
-          f"images must be [N, H, W, C] and labels [N], got "
-          f"{self.images.shape} and {self.labels.shape}.")
-
-  def __len__(self) -> int:
-    return self.labels.shape[0]
-
-  @property
-  def image_shape(self) -> tuple[int, int, int]:
-    return tuple(self.images.shape[1:])
 
 
 def resolve_manual_dir(name: str, manual_dir: str | None) -> str | None:
@@ -70,11 +46,6 @@ def _hide_accelerators_from_tensorflow() -> None:
 
 
 def _builder(name: str, data_dir: str | None):
-  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds
-  from tripletjax import omniglot  # Registers the omniglot_lake builder.
-  # pylint: enable=g-import-not-at-top
-  del omniglot
   try:
     return tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # TFDS raises several types for unknown names.
@@ -127,7 +98,6 @@ def _exclusive_lock(path: str):
 
 
 def _download_and_prepare(builder, name: str, manual_dir: str | None) -> None:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   manual_dir = resolve_manual_dir(name, manual_dir)
   if manual_dir is not None:
     wanted = sorted({info.filename or os.path.basename(url)
@@ -161,29 +131,27 @@ def _download_and_prepare(builder, name: str, manual_dir: str | None) -> None:
         f"${MANUAL_DIR_ENV}).") from e
 
 
-def load(name: str, split: str, *, data_dir: str | None = None,
-         manual_dir: str | None = None, image_key: str = "image",
-         label_key: str = "label", image_size: int | None = None) -> Split:
-  """Loads a whole split into host memory, preparing the dataset if needed.
+def load_features(name: str, split: str, keys: tuple[str, ...], *,
+                  data_dir: str | None = None,
+                  manual_dir: str | None = None
+                  ) -> tuple[dict[str, np.ndarray], tfds.core.DatasetInfo]:
+  """Features `keys` of a whole split, as host arrays (one row per example),
+  and the dataset's information, preparing the dataset if needed.
 
   Args:
     name: tensorflow-datasets name, e.g. ``"mnist"``.
     split: split name or slice, e.g. ``"train"`` or ``"train[:1000]"``.
+    keys: the features wanted.
     data_dir: where tensorflow-datasets keeps prepared data (its default
       when ``None``).
     manual_dir: original download files, for offline use (see module doc).
-    image_key: feature holding the image.
-    label_key: feature holding the integer class label.
-    image_size: resize the images to ``image_size x image_size`` (area
-      averaging); None keeps their size.
 
-  Returns:
-    The split as a `Split`.
+  Raises:
+    ValueError: naming a missing feature or split and those there are.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = prepare(name, data_dir=data_dir, manual_dir=manual_dir)
   features = builder.info.features
-  for key in (image_key, label_key):
+  for key in keys:
     if key not in features:
       raise ValueError(
           f"Dataset {name!r} has no feature {key!r}; it has "
@@ -194,14 +162,35 @@ def load(name: str, split: str, *, data_dir: str | None = None,
     raise ValueError(
         f"Dataset {name!r} has no split {split!r}; it has "
         f"{', '.join(builder.info.splits.keys())}.") from e
-  images = np.asarray(arrays[image_key])
+  return {key: np.asarray(arrays[key]) for key in keys}, builder.info
+
+
+def load(name: str, split: str, *, data_dir: str | None = None,
+         manual_dir: str | None = None, image_key: str = "image",
+         label_key: str = "label", image_size: int | None = None) -> Split:
+  """Loads a whole split into host memory, preparing the dataset if needed.
+
+  Args:
+    name, split, data_dir, manual_dir: as in `load_features`.
+    image_key: feature holding the image.
+    label_key: feature holding the integer class label.
+    image_size: resize the images to ``image_size x image_size`` (area
+      averaging); None keeps their size.
+
+  Returns:
+    The split as a `Split`.
+  """
+  arrays, info = load_features(name, split, (image_key, label_key),
+                               data_dir=data_dir, manual_dir=manual_dir)
+  images = arrays[image_key]
   if images.ndim == 3:
     images = images[..., None]
   if images.dtype != np.uint8:
     raise ValueError(f"Dataset {name!r}: expected uint8 images, got "
                      f"{images.dtype}.")
-  return Split(images=resize(images, image_size), labels=np.asarray(arrays[label_key], np.int32),
-               num_classes=features[label_key].num_classes)
+  return Split(images=resize(images, image_size),
+               labels=arrays[label_key].astype(np.int32),
+               num_classes=info.features[label_key].num_classes)
 
 
 def resize(images: np.ndarray, size: int | None, *, chunk: int = 4096
@@ -215,8 +204,3 @@ def resize(images: np.ndarray, size: int | None, *, chunk: int = 4096
       np.asarray(tf.cast(tf.round(tf.image.resize(
           images[i:i + chunk], (size, size), method="area")), tf.uint8))
       for i in range(0, len(images), chunk)])
-
-
-def normalize(images: jax.Array) -> jax.Array:
-  """``uint8`` images to ``float32`` in ``[0, 1]``, on the device."""
-  return images.astype(jnp.float32) / 255.0

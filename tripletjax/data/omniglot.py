@@ -21,7 +21,8 @@ itself or its ``omniglot/`` sub-folder):
 Images are 105 x 105 x 1 uint8, inverted so that strokes are 255 on a black
 background (as in MNIST); `tripletjax.data.load` can shrink them
 (``image_size``). tensorflow-datasets prepares every split at once, so all
-five zips are needed.
+five zips are needed. The official task's evaluation is
+`tripletjax.few_shot.omniglot_one_shot_accuracy`.
 """
 
 from __future__ import annotations
@@ -31,12 +32,8 @@ import os
 import re
 import zipfile
 
-import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
-
-from tripletjax import data
-from tripletjax import distances
 
 NAME = "omniglot_lake"
 IMAGE_SHAPE = (105, 105, 1)
@@ -153,45 +150,3 @@ def find_manual_dir(manual_dir: str) -> str:
       f"Dataset {NAME!r} needs {', '.join(missing)} in the manual directory "
       f"{os.path.abspath(manual_dir)} (or its omniglot/ sub-folder), which "
       "lacks them. " + OmniglotLake.MANUAL_DOWNLOAD_INSTRUCTIONS)
-
-
-def load_one_shot_runs(*, data_dir: str | None = None,
-                       manual_dir: str | None = None,
-                       image_size: int | None = None
-                       ) -> dict[str, np.ndarray]:
-  """The official one-shot task: ``images``, ``labels``, ``run``,
-  ``is_query``, one row per image (20 runs x (20 training + 20 test))."""
-  builder = data.prepare(NAME, data_dir=data_dir, manual_dir=manual_dir)
-  arrays = tfds.as_numpy(builder.as_dataset(split="one_shot", batch_size=-1))
-  return {"images": data.resize(arrays["image"], image_size),
-          "labels": np.asarray(arrays["label"], np.int64),
-          "run": np.asarray(arrays["run"]),
-          "is_query": np.asarray(arrays["is_query"], bool)}
-
-
-def one_shot_accuracy(embeddings: np.ndarray, labels: np.ndarray,
-                      run: np.ndarray, is_query: np.ndarray, *,
-                      metric: str = "euclidean") -> float:
-  """Accuracy on the official task: each test image of a run takes the label
-  of the nearest of that run's 20 training images (Lake et al. report the
-  error rate, 1 minus this).
-
-  Args:
-    embeddings: ``[N, D]`` embeddings of the one_shot split's images.
-    labels, run, is_query: ``[N]``, from `load_one_shot_runs`.
-    metric: a name of `tripletjax.distances.METRICS`.
-
-  Returns:
-    The fraction of the 400 test images classified correctly.
-  """
-  right = total = 0
-  for r in np.unique(run):
-    train = (run == r) & ~is_query
-    test = (run == r) & is_query
-    d = distances.pairwise_distances(jnp.asarray(embeddings[test]),
-                                     jnp.asarray(embeddings[train]),
-                                     metric=metric)
-    predicted = labels[train][np.argmin(np.asarray(d), axis=1)]
-    right += int(np.sum(predicted == labels[test]))
-    total += int(test.sum())
-  return right / total

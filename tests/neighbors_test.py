@@ -5,7 +5,7 @@ from absl.testing import parameterized
 import numpy as np
 
 from tests import reference
-from tripletjax import evaluation
+from tripletjax import neighbors
 
 
 class NearestNeighborsTest(parameterized.TestCase):
@@ -16,7 +16,7 @@ class NearestNeighborsTest(parameterized.TestCase):
     rng = np.random.default_rng(0)
     queries = rng.normal(size=(23, 4)).astype(np.float32)
     refs = rng.normal(size=(31, 4)).astype(np.float32)
-    dist, index = evaluation.nearest_neighbors(
+    dist, index = neighbors.nearest_neighbors(
         queries, refs, k=4, metric=metric, query_block=blocks[0],
         reference_block=blocks[1])
     full = reference.pairwise_distances(np.concatenate([queries, refs]),
@@ -29,12 +29,12 @@ class NearestNeighborsTest(parameterized.TestCase):
   def test_leave_one_out_and_ties(self):
     # Duplicated points: each one's nearest is its twin, never itself.
     points = np.array([[0.0], [0.0], [5.0], [5.0], [9.0]], np.float32)
-    _, index = evaluation.nearest_neighbors(points, points, k=1,
+    _, index = neighbors.nearest_neighbors(points, points, k=1,
                                             exclude_self=True,
                                             reference_block=2, query_block=3)
     np.testing.assert_array_equal(index[:, 0], [1, 0, 3, 2, 2])
     # Without it, a tie between equal references goes to the lower index.
-    _, index = evaluation.nearest_neighbors(points, points, k=2)
+    _, index = neighbors.nearest_neighbors(points, points, k=2)
     np.testing.assert_array_equal(index[:4], [[0, 1], [0, 1], [2, 3], [2, 3]])
 
   def test_nearest_negatives(self):
@@ -42,7 +42,7 @@ class NearestNeighborsTest(parameterized.TestCase):
     queries = rng.normal(size=(9, 3)).astype(np.float32)
     refs = rng.normal(size=(20, 3)).astype(np.float32)
     q_labels, r_labels = rng.integers(0, 3, 9), rng.integers(0, 3, 20)
-    dist, index = evaluation.nearest_neighbors(
+    dist, index = neighbors.nearest_neighbors(
         queries, refs, k=10, labels=(q_labels, r_labels), reference_block=6)
     full = reference.pairwise_distances(np.concatenate([queries, refs]),
                                         "euclidean")[:9, 9:]
@@ -53,20 +53,10 @@ class NearestNeighborsTest(parameterized.TestCase):
       np.testing.assert_array_equal(index[q], want)
       self.assertTrue(np.all(np.isinf(dist[q][len(negatives):])))
 
-  def test_embed_pads_the_last_batch(self):
-    calls = []
-    def embed_fn(images):
-      calls.append(images.shape[0])
-      return images.reshape(images.shape[0], -1).astype(np.float32)
-    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
-    out = evaluation.embed(embed_fn, images, batch_size=4)
-    np.testing.assert_array_equal(out[:, 0], np.arange(10))
-    self.assertEqual(calls, [4, 4, 4])
-
   def test_bad_k(self):
     x = np.zeros((3, 2), np.float32)
     with self.assertRaisesRegex(ValueError, "k must be"):
-      evaluation.nearest_neighbors(x, x, k=3, exclude_self=True)
+      neighbors.nearest_neighbors(x, x, k=3, exclude_self=True)
 
 
 if __name__ == "__main__":

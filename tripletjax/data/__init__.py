@@ -1,0 +1,28 @@
+"""Input data: datasets in host memory and augmentation on the device.
+
+* `tfds_loader`: tensorflow-datasets, prepared offline from original files.
+* `omniglot`: the ``omniglot_lake`` builder over Lake et al.'s zips.
+* `split`: a split in host memory (`Split`).
+* `run_splits`: the train and test splits a configured run uses.
+* `augment`: random shifts, rotations and scaling inside the train step.
+"""
+
+from tripletjax.data.run_splits import load_splits
+from tripletjax.data.split import Split
+from tripletjax.data.tfds_loader import load
+from tripletjax.data.tfds_loader import load_features
+from tripletjax.data.tfds_loader import MANUAL_DIR_ENV
+from tripletjax.data.tfds_loader import prepare
+from tripletjax.data.tfds_loader import resize
+from tripletjax.data.tfds_loader import resolve_manual_dir
+
+__all__ = [
+    "MANUAL_DIR_ENV",
+    "Split",
+    "load",
+    "load_features",
+    "load_splits",
+    "prepare",
+    "resize",
+    "resolve_manual_dir",
+]

@@ -1,0 +1,132 @@
+"""A run's directory: its recorded settings, its input, its trained network.
+
+A workdir holds ``config.json`` (the settings; a relaunch with other
+settings is refused unless allowed), ``inputs.json`` (the shape of the
+images the network takes, so that the network can be rebuilt without its
+training data) and the checkpoints, metrics, results and figures that
+`tripletjax.train.train_and_evaluate` writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from absl import logging
+from flax import nnx
+import jax
+
+from tripletjax import checkpointing
+from tripletjax import config as config_lib
+from tripletjax import models
+from tripletjax.evaluation import Embedder
+
+CONFIG_FILE = "config.json"
+INPUTS_FILE = "inputs.json"
+
+
+def prepare(workdir: str, config: config_lib.Config, *,
+            allow_config_change: bool = False) -> None:
+  """Creates `workdir` and records `config`; refuses a different one.
+
+  Raises:
+    ValueError: `workdir` cannot be created or written, or holds a run with
+      other settings (listed) and `allow_config_change` is False.
+  """
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"workdir {workdir!r} cannot be created: {e}") from None
+  if not os.access(workdir, os.W_OK):
+    raise ValueError(f"workdir {workdir!r} is not writable.")
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    # Settings added since the run was recorded have their defaults there.
+    with open(path, encoding="utf-8") as f:
+      saved = {**json.loads(config_lib.Config().to_json()), **json.load(f)}
+    current = json.loads(config.to_json())
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k) != current.get(k))
+    if not changed:
+      return
+    details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+                        for k in changed)
+    if not allow_config_change:
+      raise ValueError(
+          f"workdir {workdir!r} holds a run with different settings "
+          f"({details}). Use another workdir, or allow the change "
+          "(--allow_config_change) to resume with the new settings.")
+    logging.warning("Resuming %s with changed settings: %s.", workdir, details)
+  if jax.process_index() == 0:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(config.to_json())
+
+
+def record_inputs(workdir: str, image_shape: tuple[int, int, int]) -> None:
+  """Records the network's input shape ``(H, W, C)`` (process 0 writes)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, INPUTS_FILE), "w", encoding="utf-8") as f:
+      json.dump({"image_shape": list(image_shape)}, f)
+
+
+def read_config(workdir: str) -> config_lib.Config:
+  """The settings recorded in `workdir`.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no run.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir!r} holds no run (no {CONFIG_FILE}).")
+  with open(path, encoding="utf-8") as f:
+    return config_lib.Config.from_dict(json.load(f))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """The network of a run's newest checkpoint, ready to embed images.
+
+  Attributes:
+    workdir: the run's directory.
+    config: its settings.
+    step: the step of the checkpoint.
+    image_shape: ``(H, W, C)`` of the images the network takes.
+    graphdef, params: the network (`nnx.split` of it).
+  """
+  workdir: str
+  config: config_lib.Config
+  step: int
+  image_shape: tuple[int, int, int]
+  graphdef: nnx.GraphDef
+  params: nnx.State
+
+  @property
+  def embedder(self) -> Embedder:
+    """``uint8 [N, H, W, C]`` host images -> ``[N, D]`` host embeddings."""
+    return Embedder(self.graphdef, self.params, self.config.eval_batch_size)
+
+
+def restore(workdir: str) -> TrainedRun:
+  """The trained network of `workdir`, without its training data.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no run, no record of its input or no
+      readable checkpoint.
+  """
+  config = read_config(workdir)
+  path = os.path.join(workdir, INPUTS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{workdir!r} has no {INPUTS_FILE} (it was trained before runs "
+        "recorded their input); relaunch its training command once to "
+        "record it.")
+  with open(path, encoding="utf-8") as f:
+    image_shape = tuple(json.load(f)["image_shape"])
+  graphdef, like = nnx.split(models.create(
+      config.model, image_shape=image_shape, seed=config.seed,
+      **config.model_settings()))
+  step, params = checkpointing.restore_params(
+      os.path.join(workdir, "checkpoints"), like)
+  return TrainedRun(workdir=workdir, config=config, step=step,
+                    image_shape=image_shape, graphdef=graphdef, params=params)
