@@ -16,7 +16,6 @@ computing the metrics. Writes ``results.csv`` and ``results.md``.
   python -m experiments.baselines --quick
 """
 
-import os
 import time
 
 from absl import flags
@@ -48,10 +47,8 @@ def pca(train_x: np.ndarray, dim: int):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  del argv  # Checked by common.run.
   out = study.output_dir("baselines")
-  os.makedirs(out, exist_ok=True)
   base = study.base_config()
   train_split, test = data.load_splits(base)
   rows = []

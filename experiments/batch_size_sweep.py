@@ -34,10 +34,8 @@ def pk(batch_size: int, num_classes: int) -> tuple[int, int]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  del argv  # Checked by common.run.
   out = study.output_dir("batch_size_sweep")
-  os.makedirs(out, exist_ok=True)
   base = study.base_config()
   train_split, _ = data.load_splits(base)
   train_size = len(train_split)

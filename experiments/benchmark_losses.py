@@ -11,7 +11,6 @@ importing JAX costs). Time is the median over repeats after compilation.
       --batch_sizes=8192 --devices=8   # XLA temp is then per device
 """
 
-import json
 import multiprocessing
 import os
 import resource
@@ -100,27 +99,21 @@ def _measure(loss_name: str, batch: int, dim: int, classes: int, metric: str,
 
 
 def main(argv):
-  del argv
+  del argv  # Checked by common.run.
   context = multiprocessing.get_context("spawn")
-  rows = []
-  header = (f"{'loss':<16}{'B':>6}{'time (s)':>10}{'compile (s)':>13}"
-            f"{'XLA temp (MiB)':>16}{'peak RSS (MiB)':>16}")
-  print(header)
-  print("-" * len(header))
+  table = common.Table([
+      ("loss", "loss", ""), ("B", "batch", "d"), ("time (s)", "seconds", ".4f"),
+      ("compile (s)", "compile_seconds", ".2f"),
+      ("XLA temp (MiB)", "xla_temp_mib", ".1f"),
+      ("peak RSS (MiB)", "peak_rss_mib", ".0f")], _JSON.value)
   for loss_name in _LOSSES.value:
     for batch in map(int, _BATCH_SIZES.value):
       with context.Pool(1) as pool:
-        row = pool.apply(_measure, (loss_name, batch, _DIM.value,
-                                    _CLASSES.value, _METRIC.value,
-                                    _REPEATS.value, _DEVICES.value,
-                                    _SORT.value))
-      rows.append(row)
-      print(f"{loss_name:<16}{batch:>6}{row['seconds']:>10.4f}"
-            f"{row['compile_seconds']:>13.2f}{row['xla_temp_mib']:>16.1f}"
-            f"{row['peak_rss_mib']:>16.0f}", flush=True)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
-      json.dump(rows, f, indent=1)
+        table.add(pool.apply(_measure, (loss_name, batch, _DIM.value,
+                                        _CLASSES.value, _METRIC.value,
+                                        _REPEATS.value, _DEVICES.value,
+                                        _SORT.value)))
+  table.close()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ process, so the peak resident memory it reports is its own.
   python -m experiments.benchmark_retrieval --references=60000,120000,240000
 """
 
-import json
 import multiprocessing
 import resource
 import time
@@ -81,29 +80,23 @@ def _measure(num_q, num_r, dim, classes, noise, metric, workdir) -> dict:
 
 
 def main(argv):
-  del argv
+  del argv  # Checked by common.run.
   context = multiprocessing.get_context("spawn")
-  header = (f"{'queries':>8}{'refs':>8}{'time (s)':>10}{'1st call (s)':>14}"
-            f"{'RSS in (MiB)':>14}{'peak RSS':>10}{'MAP@R':>8}{'P@1':>8}"
-            f"{'fully ranked':>14}")
-  print(header)
-  print("-" * len(header))
-  rows = []
+  table = common.Table([
+      ("queries", "queries", "d"), ("refs", "references", "d"),
+      ("time (s)", "seconds", ".2f"), ("1st call (s)", "first_call_seconds",
+                                       ".2f"),
+      ("RSS in (MiB)", "rss_before_mib", ".0f"),
+      ("peak RSS", "peak_rss_mib", ".0f"), ("MAP@R", "map_at_r", ".3f"),
+      ("P@1", "precision_at_1", ".3f"),
+      ("fully ranked", "fully_ranked_queries", "d")], _JSON.value)
   sizes = [0] if _WORKDIR.value else map(int, _REFERENCES.value)
   for num_r in sizes:
     with context.Pool(1) as pool:
-      row = pool.apply(_measure, (_QUERIES.value, num_r, _DIM.value,
-                                  _CLASSES.value, _NOISE.value, _METRIC.value,
-                                  _WORKDIR.value))
-    rows.append(row)
-    print(f"{row['queries']:>8}{row['references']:>8}{row['seconds']:>10.2f}"
-          f"{row['first_call_seconds']:>14.2f}{row['rss_before_mib']:>14.0f}"
-          f"{row['peak_rss_mib']:>10.0f}{row['map_at_r']:>8.3f}"
-          f"{row['precision_at_1']:>8.3f}{row['fully_ranked_queries']:>14}",
-          flush=True)
-  if _JSON.value:
-    with open(_JSON.value, "w", encoding="utf-8") as f:
-      json.dump(rows, f, indent=1)
+      table.add(pool.apply(_measure, (
+          _QUERIES.value, num_r, _DIM.value, _CLASSES.value, _NOISE.value,
+          _METRIC.value, _WORKDIR.value)))
+  table.close()
 
 
 if __name__ == "__main__":

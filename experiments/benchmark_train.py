@@ -22,7 +22,6 @@ what the CPU is (`experiments.cpu_peak`: Zen 4 runs AVX-512 on 256-bit halves,
 """
 
 import functools
-import json
 import statistics
 import time
 
@@ -142,7 +141,7 @@ def measure_embedding(graphdef, params, batch_size: int, num_images: int
 
 
 def main(argv):
-  del argv
+  del argv  # Checked by common.run.
   device = jax.devices()[0]
   peak, how = _PEAK.value, "--peak_gflops"
   if peak is None and device.platform == "cpu":
@@ -152,12 +151,13 @@ def main(argv):
   print(f"Device: {device.device_kind} ({device.platform}), "
         f"{jax.device_count()} device(s); JAX {jax.__version__}; peak "
         f"{'unknown' if peak is None else f'{peak:.0f} GFLOP/s ({how})'}.")
-  header = (f"{'model':<10}{'batch':>6}{'images/s':>10}{'step (ms)':>11}"
-            f"{'compile (s)':>13}{'GFLOP/step':>12}{'GFLOP/s':>9}"
-            f"{'of peak':>9}{'embed img/s':>13}")
-  print(header)
-  print("-" * len(header))
-  rows = []
+  table = common.Table([
+      ("model", "model", ""), ("batch", "batch_size", "d"),
+      ("images/s", "images_per_second", ".0f"), ("step (ms)", "step_ms", ".1f"),
+      ("compile (s)", "compile_seconds", ".2f"),
+      ("GFLOP/step", "gflop_per_step", ".2f"), ("GFLOP/s", "gflops", ".1f"),
+      ("of peak", "fraction_of_peak", ".0%"),
+      ("embed img/s", "embed_images_per_second", ".0f")], _JSON.value)
   for name in _MODELS.value:
     for batch_size in map(int, _BATCH_SIZES.value):
       config = setup(name, batch_size)
@@ -165,20 +165,11 @@ def main(argv):
       embed_rate = measure_embedding(
           result.pop("graphdef"), result.pop("params"),
           config.eval_batch_size, _EVAL_IMAGES.value)
-      row = {"model": name, "batch_size": batch_size, **result,
-             "embed_images_per_second": embed_rate,
-             "fraction_of_peak": result["gflops"] / peak if peak else None,
-             "device": device.device_kind, "platform": device.platform}
-      rows.append(row)
-      of_peak = (f"{row['fraction_of_peak']:>8.0%}"
-                 if row["fraction_of_peak"] else f"{'-':>8}")
-      print(f"{name:<10}{batch_size:>6}{row['images_per_second']:>10.0f}"
-            f"{row['step_ms']:>11.1f}{row['compile_seconds']:>13.2f}"
-            f"{row['gflop_per_step']:>12.2f}{row['gflops']:>9.1f} {of_peak}"
-            f"{embed_rate:>13.0f}", flush=True)
-  if _JSON.value:
-    with open(_JSON.value, "w", encoding="utf-8") as f:
-      json.dump(rows, f, indent=1)
+      table.add({"model": name, "batch_size": batch_size, **result,
+                 "embed_images_per_second": embed_rate,
+                 "fraction_of_peak": result["gflops"] / peak if peak else None,
+                 "device": device.device_kind, "platform": device.platform})
+  table.close()
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging as std_logging
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -85,6 +86,47 @@ def format_metrics(results: dict[str, Any]) -> str:
                    for prefix, items in groups.items())
 
 
+class Table:
+  """A benchmark's table, printed row by row as results come, and its rows
+  as JSON.
+
+  Args:
+    columns: ``(title, key, format)`` of each column: the title printed, the
+      key of the row's value, a format spec (``".2f"``, ``".0%"``; ``""``
+      for text, printed left-aligned); a missing or None value prints as
+      ``-``.
+    json_path: where `close` writes the rows (None: nowhere).
+  """
+
+  def __init__(self, columns: Sequence[tuple[str, str, str]],
+               json_path: str | None = None):
+    self._columns = columns
+    self._widths = [max(len(title) + 2, 18 if not spec else 8)
+                    for title, _, spec in columns]
+    self._json_path = json_path
+    self.rows: list[dict[str, Any]] = []
+    header = "".join(f"{title:{'<' if not spec else '>'}{w}}" for
+                     (title, _, spec), w in zip(columns, self._widths))
+    print(header)
+    print("-" * len(header), flush=True)
+
+  def add(self, row: dict[str, Any]) -> None:
+    """Prints `row` and keeps it."""
+    self.rows.append(row)
+    cells = []
+    for (_, key, spec), width in zip(self._columns, self._widths):
+      value = row.get(key)
+      text = "-" if value is None else format(value, spec)
+      cells.append(f"{text:{'<' if not spec else '>'}{width}}")
+    print("".join(cells), flush=True)
+
+  def close(self) -> None:
+    """Writes the rows to the JSON file, if one was given."""
+    if self._json_path:
+      with open(self._json_path, "w", encoding="utf-8") as f:
+        json.dump(self.rows, f, indent=1)
+
+
 def _quiet_orbax(record) -> bool:
   """Orbax narrates every save at INFO; keep its warnings and errors."""
   return "orbax" not in record.pathname or record.levelno >= std_logging.WARNING
@@ -98,6 +140,8 @@ def run(main: Callable[[list[str]], Any]) -> None:
     logging.get_absl_handler().addFilter(_quiet_orbax)
     xla_cpu.use_fast_cpu_flags()  # Before `main` starts JAX; logs from here.
     try:
+      if len(argv) > 1:
+        raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
       return main(argv)
     except (ValueError, FileNotFoundError) as e:
       print(f"Error: {e}", file=sys.stderr)

@@ -34,14 +34,12 @@ _ACCURACY = "test_knn_accuracy_at_1"
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  del argv  # Checked by common.run.
   for name in _STRATEGIES.value:
     if name not in config_lib.LOSS_NAMES:
       raise ValueError(f"strategies must be among {config_lib.LOSS_NAMES}, "
                        f"got {name!r}.")
   out = study.output_dir("compare_mining")
-  os.makedirs(out, exist_ok=True)
   base = study.base_config()
   if study.QUICK.value:
     base = base.replace(eval_every=5)

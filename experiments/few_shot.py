@@ -33,8 +33,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the episodes.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  del argv  # Checked by common.run.
   if not _WORKDIR.value:
     raise ValueError("Give the trained run's directory: --workdir.")
   run = workdir_lib.restore(_WORKDIR.value)

@@ -46,8 +46,7 @@ def read_image(path: str, shape: tuple[int, int, int], invert: bool
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  del argv  # Checked by common.run.
   if not _WORKDIR.value:
     raise ValueError("Give the trained run's directory: --workdir.")
   if not _IMAGES.value and not _TEST_INDICES.value:

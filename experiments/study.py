@@ -56,9 +56,13 @@ def seeds() -> range:
 
 
 def output_dir(script: str) -> str:
-  return OUTPUT_DIR.value or os.path.join(
+  """The study's output directory (--output_dir, or one named after the
+  script and dataset), created."""
+  out = OUTPUT_DIR.value or os.path.join(
       "runs", f"{script}-{flags.FLAGS.dataset}" +
       ("-quick" if QUICK.value else ""))
+  os.makedirs(out, exist_ok=True)
+  return out
 
 
 def workdir(out: str, name: str, config: config_lib.Config) -> str:

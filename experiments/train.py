@@ -50,8 +50,7 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+  del argv  # Checked by common.run.
   config = config_lib.validate(common.config_from_flags())
   if _DISTRIBUTED.value or _COORDINATOR_ADDRESS.value:
     parallel.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
