@@ -148,8 +148,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(
   assert (tmp_path / "checkpoints" / str(steps[0])).is_dir()
 
 
-def test_truncated_checkpoint_falls_back_to_the_previous_one(dataset_dirs,
-                                                             tmp_path):
+def test_truncated_checkpoint_falls_back_to_the_previous_one(
+    dataset_dirs, tmp_path, caplog):
   config = train_test.tiny_config(dataset_dirs)  # Checkpoints 4, 8, 12.
   train.train_and_evaluate(config, str(tmp_path / "straight"))
   run = tmp_path / "damaged"
@@ -159,6 +159,7 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(dataset_dirs,
   biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
 
   results = train.train_and_evaluate(config, str(run))
+  assert "The checkpoint of step 12 cannot be read" in caplog.text
   assert results["steps_this_run"] == 4  # Resumed from step 8.
   assert (run / "checkpoints.damaged" / "12").is_dir()
   assert sorted(p.name for p in (run / "checkpoints").iterdir()
@@ -179,26 +180,47 @@ def test_all_checkpoints_damaged_starts_over(dataset_dirs, tmp_path):
   assert (tmp_path / "checkpoints.damaged" / "4").is_dir()
 
 
+@pytest.mark.parametrize("first_nan", [5, 8])  # Between and at checkpoints.
 def test_planted_nan_stops_with_step_and_quantity(dataset_dirs, tmp_path,
-                                                  monkeypatch):
+                                                  monkeypatch, first_nan):
   config = train_test.tiny_config(dataset_dirs, steps=12, checkpoint_every=4)
-  stopped = train.train_and_evaluate(config, str(tmp_path),
-                                     should_stop=lambda step: step >= 4)
-  assert stopped["steps"] == 4
+  stopped = train.train_and_evaluate(
+      config, str(tmp_path), should_stop=lambda step: step >= first_nan - 1)
+  assert stopped["steps"] == first_nan - 1
   real = train.compute_loss
   def poisoned(*args, **kwargs):
     loss, metrics = real(*args, **kwargs)
     return loss * np.nan, metrics
   monkeypatch.setattr(train, "compute_loss", poisoned)
-  with pytest.raises(FloatingPointError, match="Step 5: loss is nan"):
+  with pytest.raises(FloatingPointError,
+                     match=f"Step {first_nan}: loss is nan"):
     train.train_and_evaluate(config, str(tmp_path))
   monkeypatch.setattr(train, "compute_loss", real)
+  # The run has finished writing (it completes saves in flight on an error):
+  # nothing non-finite was saved, at a checkpoint step either.
   checkpointer = checkpointing.Checkpointer(
       str(tmp_path / "checkpoints"), keep=3)
-  assert checkpointer.latest_step() == 4  # Nothing non-finite was saved.
+  assert checkpointer.latest_step() == first_nan - 1
   checkpointer.close()
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 12
+
+
+def test_collapse_and_stall_are_reported_by_the_loop(dataset_dirs, tmp_path,
+                                                     monkeypatch, caplog):
+  """Losses stuck at the margin with negatives at distance 0: both warnings
+  come out of a real run."""
+  config = train_test.tiny_config(dataset_dirs, steps=205,
+                                  checkpoint_every=0, write_figures=False)
+  real = train.compute_loss
+  def collapsed(embeddings, labels, config, **kwargs):
+    loss, metrics = real(embeddings, labels, config, **kwargs)
+    return loss * 0 + config.margin, {**metrics,
+                                      "mean_negative_distance": loss * 0}
+  monkeypatch.setattr(train, "compute_loss", collapsed)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert "embedding collapse" in caplog.text
+  assert "within 1% of the margin (0.5) for 200 steps" in caplog.text
 
 
 def test_config_change_needs_the_override(dataset_dirs, tmp_path):

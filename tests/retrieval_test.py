@@ -33,7 +33,7 @@ class RetrievalMetricsTest(parameterized.TestCase):
   @parameterized.product(
       metric=("euclidean", "cosine", "squared_euclidean"),
       leave_one_out=(False, True),
-      negatives_k=(1, 3, 64),  # 1 and 3 force the full-ranking path.
+      negatives_k=(1, 3, 64),  # Small values take the deeper passes.
       seed=(0, 1))
   def test_random_embeddings(self, metric, leave_one_out, negatives_k, seed):
     rng = np.random.default_rng(seed)
@@ -49,6 +49,36 @@ class RetrievalMetricsTest(parameterized.TestCase):
     _check(self, queries, query_labels, references, reference_labels,
            metric=metric, negatives_k=negatives_k,
            memory_budget=4096)  # A few rows at a time.
+
+  @parameterized.product(
+      path=("merged", "deeper", "full"), leave_one_out=(False, True),
+      metric=("euclidean", "cosine"))
+  def test_each_ranking_path(self, path, leave_one_out, metric):
+    """Each way a query's ranking is made: its positives merged with its
+    `negatives_k` nearest negatives, with 8 times as many, or against every
+    reference; the test asserts the path it reached."""
+    rng = np.random.default_rng(7)
+    # Separated classes need few negatives; overlapping ones need most.
+    spread = 0.05 if path == "merged" else 1.0
+    def points(n):
+      labels = rng.integers(0, 5, n)
+      x = np.eye(5, dtype=np.float32)[labels] + spread * rng.normal(
+          size=(n, 5)).astype(np.float32)
+      return x, labels
+    queries, query_labels = points(120)
+    references, reference_labels = (None, None) if leave_one_out else points(
+        150)
+    negatives_k = {"merged": 64, "deeper": 16, "full": 1}[path]
+    got = _check(self, queries, query_labels, references, reference_labels,
+                 metric=metric, negatives_k=negatives_k, memory_budget=8192)
+    deeper, full = got["deeper_ranked_queries"], got["fully_ranked_queries"]
+    if path == "merged":
+      self.assertEqual((deeper, full), (0, 0))
+    elif path == "deeper":
+      self.assertGreater(deeper, 0)
+      self.assertEqual(full, 0)
+    else:
+      self.assertGreater(full, 0)
 
   def test_hand_computed(self):
     # Query of label 0; references ranked by distance: 0, 1, 0, 1, 0.

@@ -7,11 +7,13 @@ import jax
 import numpy as np
 import pytest
 
+from tests import reference
 from tripletjax import checkpointing
 from tripletjax import config as config_lib
 from tripletjax import data
 from tripletjax import sampling
 from tripletjax import train
+from tripletjax import workdir
 
 
 def tiny_config(dataset_dirs, **changes):
@@ -51,6 +53,25 @@ def test_train_and_evaluate_writes_results(dataset_dirs, tmp_path):
   assert sorted(os.listdir(tmp_path / "figures")) == [
       "embeddings_2d.png", "mined_triplets.png", "retrieval.png",
       "training_curves.png"]
+
+
+def test_results_are_test_queries_against_the_train_split(dataset_dirs,
+                                                          tmp_path):
+  """The main job's test metrics, recomputed by brute force from the saved
+  network's embeddings: each test image ranks every train image."""
+  config = tiny_config(dataset_dirs, test_split="test[:200]",
+                       write_figures=False, knn_ks=(1, 3))
+  results = train.train_and_evaluate(config, str(tmp_path))
+  run = workdir.restore(str(tmp_path))
+  assert run.step == config.steps
+  train_split, test = data.load_splits(config)
+  want, lone = reference.retrieval_metrics(
+      run.embedder(test.images), test.labels, run.embedder(train_split.images),
+      train_split.labels, config.metric, recall_ks=(1, 2, 4, 8),
+      knn_ks=(1, 3))
+  assert lone == 0 and results["test_queries"] == len(test)
+  for name, value in want.items():
+    assert results[f"test_{name}"] == pytest.approx(value, abs=1e-6), name
 
 
 def test_held_out_classes_are_evaluated_as_unseen(dataset_dirs, tmp_path):

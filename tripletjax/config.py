@@ -166,6 +166,15 @@ def _require(condition: bool, message: str) -> None:
     raise ValueError(message)
 
 
+def validate_for_devices(config: Config, num_devices: int) -> None:
+  """Checks what depends on the number of devices: random triplets are
+  never split across devices, so they must divide evenly."""
+  _require(config.loss != RANDOM_TRIPLETS or
+           config.triplets_per_batch % num_devices == 0,
+           f"triplets_per_batch ({config.triplets_per_batch}) must be a "
+           f"multiple of the number of devices ({num_devices}).")
+
+
 def validate(config: Config) -> Config:
   """Checks every setting; returns `config` or raises a `ValueError`.
 

@@ -63,6 +63,18 @@ def embed_splits(embedder: Embedder, train: Split, test: Split
           embedder(test.images))
 
 
+def evaluate_network(embedder: Embedder, train: Split, test: Split,
+                     config: config_lib.Config):
+  """Embeds the splits and evaluates them.
+
+  Returns:
+    ``((train, test) embeddings, metrics)``: the embeddings as
+    `embed_splits` gives them, the metrics as `evaluate` does.
+  """
+  embeddings = embed_splits(embedder, train, test)
+  return embeddings, evaluate(*embeddings, train, test, config)
+
+
 def evaluate(train_embeddings: np.ndarray | None, test_embeddings: np.ndarray,
              train: Split, test: Split, config: config_lib.Config
              ) -> dict[str, float]:

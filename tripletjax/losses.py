@@ -448,7 +448,10 @@ def batch_semihard_triplet_loss(
     >>> x = jnp.array([[0.], [1.], [1.5], [3.]])
     >>> loss, _ = batch_semihard_triplet_loss(
     ...     x, jnp.array([0, 0, 1, 1]), margin=1.0)
-    >>> float(loss)  # pairs (0,1): n=1.5 -> 0.5; (1,0): n=3 -> 0; (2,3): n=1 -> 1.5; (3,2): n=1 -> 0
+    >>> # Pairs (a, p) with their negative: (0, 1) the one at 1.5 -> 0.5;
+    >>> # (1, 0) at 3 -> 0; (2, 3) none farther than 1.5, so the farthest,
+    >>> # at 0 -> 1; (3, 2) at 1 -> 0.5. Mean over the 4 pairs:
+    >>> float(loss)
     0.5
 
   References:

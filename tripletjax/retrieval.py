@@ -148,8 +148,10 @@ def retrieval_metrics(
 
   Returns:
     ``{name: mean over the queries with R >= 1}`` for the metrics of the
-    module docstring, plus ``lone_queries`` (how many had R = 0) and
-    ``queries``.
+    module docstring, plus ``queries``, ``lone_queries`` (how many had
+    R = 0), and how many queries needed the deeper pass with
+    ``8 * negatives_k`` negatives (``deeper_ranked_queries``) and the full
+    ranking (``fully_ranked_queries``).
   """
   distances.check_metric(metric)
   leave_one_out = references is None
@@ -202,11 +204,14 @@ def retrieval_metrics(
       per_query[name][chunk] = values
 
   pending = np.flatnonzero(known)
+  deeper = 0
   # Each query's positives merged with its nearest negatives; the queries
   # that need a deeper ranking try again with 8x as many negatives.
   for k in sorted({min(negatives_k, num_r), min(8 * negatives_k, num_r)}):
     if not len(pending):
       break
+    if k > negatives_k:
+      deeper = len(pending)
     neg_d, neg_i = neighbors.nearest_neighbors(
         jnp.asarray(queries[pending]), jnp.asarray(references), k=k,
         metric=metric, labels=(jnp.asarray(query_labels[pending]),
@@ -238,6 +243,7 @@ def retrieval_metrics(
              else float("nan") for name, values in per_query.items()}
   results["lone_queries"] = int(num_q - counted.sum())
   results["queries"] = num_q
+  results["deeper_ranked_queries"] = deeper
   results["fully_ranked_queries"] = len(redo)
   return results
 

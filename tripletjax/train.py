@@ -188,12 +188,8 @@ def train_and_evaluate(
   workdir_lib.prepare(workdir, config, allow_config_change=allow_config_change)
   is_main = jax.process_index() == 0
 
+  config_lib.validate_for_devices(config, jax.device_count())
   devices = parallel.create(config.parallelism)
-  if config.loss == config_lib.RANDOM_TRIPLETS and (
-      config.triplets_per_batch % jax.device_count()):
-    raise ValueError(
-        f"triplets_per_batch ({config.triplets_per_batch}) must be a multiple "
-        f"of the number of devices ({jax.device_count()}).")
 
   # Input. The first process prepares the dataset, the others wait for it.
   if jax.process_count() > 1:
@@ -232,15 +228,11 @@ def train_and_evaluate(
   step_fn = devices.compile(functools.partial(train_step, graphdef=graphdef,
                                               tx=tx, config=config))
 
-  def evaluate_now():
-    """``(embedder, (train, test) embeddings, metrics)`` of the current
-    params, copied to the host once and evaluated on a local device."""
-    embedder = evaluation.Embedder(
-        graphdef, jax.device_get(devices.host_state(state).params),
-        config.eval_batch_size)
-    embeddings = evaluation.embed_splits(embedder, train, test)
-    return embedder, embeddings, evaluation.evaluate(*embeddings, train, test,
-                                                     config)
+  def evaluate_now():  # The current params, copied to the host once.
+    embedder = evaluation.Embedder(graphdef, jax.device_get(
+        devices.host_state(state).params), config.eval_batch_size)
+    return (embedder,
+            *evaluation.evaluate_network(embedder, train, test, config))
 
   # Loop.
   writer = writers.create_default_writer(workdir, enabled=is_main)
@@ -261,33 +253,36 @@ def train_and_evaluate(
 
   loop_start = time.time()
   interrupted = False
-  for step in range(first_step, config.steps):
-    if should_stop is not None and should_stop(step):
-      interrupted = True
-      break
-    batch = devices.place_batch(*parallel.local_batch(
-        sampler(step), train.images, train.labels))
-    state, metrics = step_fn(state, *batch)
-    # Reading the previous step's metrics lets this step run meanwhile.
+  try:
+    for step in range(first_step, config.steps):
+      if should_stop is not None and should_stop(step):
+        interrupted = True
+        break
+      batch = devices.place_batch(*parallel.local_batch(
+          sampler(step), train.images, train.labels))
+      state, metrics = step_fn(state, *batch)
+      # Reading the previous step's metrics lets this step run meanwhile.
+      if pending is not None:
+        read_back(pending)
+      pending = (step + 1, metrics)
+      done = step + 1
+      eval_due = config.eval_every and done % config.eval_every == 0
+      save_due = (config.checkpoint_every
+                  and done % config.checkpoint_every == 0)
+      if eval_due or save_due or done == config.steps:
+        read_back(pending)  # Never save or report a non-finite state.
+        pending = None
+        if save_due or done == config.steps:
+          checkpointer.save(done, devices.host_state(state))
+        if eval_due and done < config.steps:
+          writer.write_scalars(done, evaluate_now()[2])
     if pending is not None:
       read_back(pending)
-    pending = (step + 1, metrics)
-    done = step + 1
-    eval_due = config.eval_every and done % config.eval_every == 0
-    save_due = config.checkpoint_every and done % config.checkpoint_every == 0
-    if eval_due or save_due or done == config.steps:
-      read_back(pending)  # Never save or report a non-finite state.
-      pending = None
-      if save_due or done == config.steps:
-        checkpointer.save(done, devices.host_state(state))
-      if eval_due and done < config.steps:
-        writer.write_scalars(done, evaluate_now()[2])
-  if pending is not None:
-    read_back(pending)
-  train_seconds = time.time() - loop_start
-  last_step = int(devices.host_state(state).step)
-  checkpointer.save(last_step, devices.host_state(state))
-  checkpointer.close()
+    train_seconds = time.time() - loop_start
+    last_step = int(devices.host_state(state).step)
+    checkpointer.save(last_step, devices.host_state(state))
+  finally:  # Saves in flight are completed, even after an error.
+    checkpointer.close()
   if interrupted:
     writer.close()
     logging.warning("Stopped at step %d; relaunch to resume.", last_step)
