@@ -1,5 +1,7 @@
 """Pairwise and paired distances against NumPy computed from differences."""
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import jax
@@ -61,12 +63,17 @@ class DistancesTest(parameterized.TestCase):
         rtol=1e-6)
 
   @parameterized.product(metric=distances.METRIC_NAMES, normalized=(False, True),
-                         cross=(False, True))
+                         cross=(False, True), pairs_per_row=(32, 2))
   def test_duplicated_and_near_duplicated_rows(self, metric, normalized,
-                                               cross):
+                                               cross, pairs_per_row):
     """Close pairs are as accurate as float32 rounding of the true
     distances allows: duplicates at exactly 0, near-duplicates to a few
-    ulps (the Gram-matrix expansion alone gives sqrt(eps) * |x|)."""
+    ulps (the Gram-matrix expansion alone gives sqrt(eps) * |x|). With 2
+    close pairs allowed per row, rows have more, and every pair is
+    recomputed block by block."""
+    self.enter_context(mock.patch.object(distances, "_CLOSE_PAIRS_PER_ROW",
+                                         pairs_per_row))
+    self.enter_context(mock.patch.object(distances, "_BLOCK_ELEMENTS", 1000))
     rng = np.random.default_rng(2)
     x = rng.normal(size=(24, 64)).astype(np.float32)
     x *= (2.76 / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)

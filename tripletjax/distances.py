@@ -58,6 +58,11 @@ def _gram(x: jax.Array, y: jax.Array) -> jax.Array:
 # rounding error (a few float32 ulps of |x|^2 + |y|^2) would be a large part
 # of the result, and the square root magnifies it further.
 _NEAR = 1.0 / 16
+# Close pairs recomputed one by one, per row; where a row has more, all
+# pairs are recomputed block by block.
+_CLOSE_PAIRS_PER_ROW = 32
+# Elements of the [N, block, D] differences of one block of that pass.
+_BLOCK_ELEMENTS = 2**22
 
 
 @jax.custom_vjp
@@ -65,26 +70,44 @@ def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
   """``[N, M]`` squared distances, accurate to float32 rounding everywhere.
 
   The Gram-matrix expansion ``|x|^2 + |y|^2 - 2 x.y`` (one matrix product)
-  gives the distances of pairs that are not close to each other relative to
-  their norms; close pairs (duplicated or near-duplicated rows) are
-  recomputed from their differences, in the same O(N M) memory. The
-  recomputation is skipped when no pair is close.
+  gives the distances of pairs that are not close relative to their norms.
+  Close pairs (duplicated or near-duplicated rows) are recomputed from
+  their differences: gathered one by one while no row has more than
+  ``_CLOSE_PAIRS_PER_ROW`` of them, else all pairs block by block; the
+  memory stays O(N M) either way.
   """
   x_sq = jnp.sum(x * x, axis=1)
   y_sq = jnp.sum(y * y, axis=1)
   scale = x_sq[:, None] + y_sq[None, :]
   sq = jnp.maximum(scale - 2.0 * _gram(x, y), 0.0)
-  near = sq <= _NEAR * scale
-  return lax.cond(
-      jnp.any(near),
-      lambda: jnp.where(near, _from_differences(x, y), sq),
-      lambda: sq)
+  close = sq <= _NEAR * scale
+  per_row = min(sq.shape[1], _CLOSE_PAIRS_PER_ROW)
+
+  def by_row(sq):
+    # Each row's closest columns by the estimate hold all its close pairs.
+    _, cols = lax.top_k(-sq, per_row)  # [N, per_row]
+    exact = jnp.sum(jnp.square(x[:, None, :] - y[cols]), axis=-1)
+    rows = jnp.broadcast_to(jnp.arange(sq.shape[0])[:, None], cols.shape)
+    return sq.at[rows, cols].set(
+        jnp.where(close[rows, cols], exact, sq[rows, cols]))
+
+  def blockwise(sq):
+    return jnp.where(close, _from_differences(x, y), sq)
+
+  most = jnp.max(jnp.sum(close, axis=1))
+  return lax.cond(most <= per_row, by_row, blockwise, sq)
 
 
 def _from_differences(x: jax.Array, y: jax.Array) -> jax.Array:
-  """``sum_d (x_id - y_jd)^2``; XLA fuses it into one reduction, so the
-  ``[N, M, D]`` differences are never stored."""
-  return jnp.sum(jnp.square(x[:, None, :] - y[None, :, :]), axis=-1)
+  """``sum_d (x_id - y_jd)^2`` for blocks of columns, so that the
+  ``[N, block, D]`` differences stay within ``_BLOCK_ELEMENTS``."""
+  n, dim = x.shape
+  block = max(1, min(y.shape[0], _BLOCK_ELEMENTS // max(1, n * dim)))
+  pad = -y.shape[0] % block
+  blocks = jnp.pad(y, ((0, pad), (0, 0))).reshape(-1, block, dim)
+  out = lax.map(lambda b: jnp.sum(jnp.square(x[:, None, :] - b[None]),
+                                  axis=-1), blocks)  # [blocks, N, block]
+  return out.transpose(1, 0, 2).reshape(n, -1)[:, :y.shape[0]]
 
 
 def _squared_euclidean_fwd(x, y):
