@@ -11,9 +11,14 @@ One table, same retrieval metrics and test-against-train protocol for all:
 The time column is what each method costs: fitting (PCA, training) plus
 computing the metrics. Writes ``results.csv`` and ``results.md``.
 
-  python -m experiments.baselines
-  python -m experiments.baselines --dataset=fashion_mnist
+  python -m experiments.baselines --seeds=1
+  python -m experiments.baselines --seeds=1 --dataset=fashion_mnist
   python -m experiments.baselines --quick
+
+Expected on MNIST (about 30 minutes on two CPU cores; docs/results.md):
+precision@1 / MAP@R 0.969 / 0.30 for pixels, 0.973 / 0.31 after PCA, 0.976 /
+0.94 for the MLP, 0.994 / 0.99 for the CNN; on Fashion-MNIST 0.850 / 0.30,
+0.846 / 0.31, 0.828 / 0.67, 0.906 / 0.84.
 """
 
 import time

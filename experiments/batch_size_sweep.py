@@ -7,9 +7,13 @@ job's network and mining, the same number of epochs, so smaller batches take
 more steps. The learning rate is the same for every batch size. Writes
 ``results.csv``, ``results.md`` and ``batch_size.png`` (accuracy and time).
 
-  python -m experiments.batch_size_sweep                 # MNIST, 2 epochs
+  python -m experiments.batch_size_sweep --seeds=1 --epochs=1
   python -m experiments.batch_size_sweep --dataset=fashion_mnist --epochs=5
   python -m experiments.batch_size_sweep --quick
+
+Expected with --seeds=1 --epochs=1 on MNIST (about 8 minutes on two CPU
+cores; docs/results.md): 1-NN 0.987-0.990 from batch 8 to 250, falling to
+0.948 at 4,090 (15 updates), MAP@R highest (0.976) at 32.
 """
 
 import os

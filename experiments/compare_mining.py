@@ -10,9 +10,9 @@ the output directory.
   python -m experiments.compare_mining --steps=1000 --eval_every=250
   python -m experiments.compare_mining --quick          # a smoke test
 
-Expected (MNIST, 1,000 steps, 3 seeds, about 15 minutes per strategy on two
+Expected (MNIST, 1,000 steps, 3 seeds, about 10 minutes per strategy on two
 CPU cores): batch-all and semi-hard 1-NN 0.992-0.993, MAP@R 0.986; random
-triplets 0.990 / 0.965; batch-hard with margin 0.5 0.975 / 0.78
+triplets 0.988 / 0.965; batch-hard with margin 0.5 0.975 / 0.78
 (docs/results.md).
 """
 

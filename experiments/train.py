@@ -14,6 +14,10 @@ Several processes (one per host, or several on one machine):
 
   python -m experiments.train --coordinator_address=10.0.0.1:1234 \
       --num_processes=2 --process_id=0   # and --process_id=1 on the other
+
+Expected with no flags (docs/results.md): 1-NN accuracy (precision@1) about
+0.993 and MAP@R about 0.991 after 3,000 steps, in about 5 minutes on two CPU
+cores.
 """
 
 from absl import flags

@@ -65,6 +65,13 @@ _CLOSE_PAIRS_PER_ROW = 32
 _BLOCK_ELEMENTS = 2**22
 
 
+def _gram_estimate(x: jax.Array, y: jax.Array) -> jax.Array:
+  """``[N, M]`` squared distances by the Gram-matrix expansion alone."""
+  x_sq = jnp.sum(x * x, axis=1)
+  y_sq = jnp.sum(y * y, axis=1)
+  return jnp.maximum(x_sq[:, None] + y_sq[None, :] - 2.0 * _gram(x, y), 0.0)
+
+
 @jax.custom_vjp
 def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
   """``[N, M]`` squared distances, accurate to float32 rounding everywhere.
@@ -76,10 +83,8 @@ def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
   ``_CLOSE_PAIRS_PER_ROW`` of them, else all pairs block by block; the
   memory stays O(N M) either way.
   """
-  x_sq = jnp.sum(x * x, axis=1)
-  y_sq = jnp.sum(y * y, axis=1)
-  scale = x_sq[:, None] + y_sq[None, :]
-  sq = jnp.maximum(scale - 2.0 * _gram(x, y), 0.0)
+  sq = _gram_estimate(x, y)
+  scale = jnp.sum(x * x, axis=1)[:, None] + jnp.sum(y * y, axis=1)[None, :]
   close = sq <= _NEAR * scale
   per_row = min(sq.shape[1], _CLOSE_PAIRS_PER_ROW)
 
@@ -132,6 +137,7 @@ def pairwise_distances(
     y: jax.typing.ArrayLike | None = None,
     *,
     metric: str = "euclidean",
+    precise_close_pairs: bool = True,
 ) -> jax.Array:
   """Distances between every row of `x` and every row of `y`.
 
@@ -145,6 +151,11 @@ def pairwise_distances(
     y: embeddings, shape ``[M, D]``; ``None`` means ``x`` itself, in which case
       the diagonal is exactly zero.
     metric: one of ``"euclidean"``, ``"squared_euclidean"``, ``"cosine"``.
+    precise_close_pairs: recompute pairs that are close relative to their
+      norms from their differences (the default). False keeps the Gram
+      expansion alone, one matrix product: the nearest-neighbour search of
+      evaluation takes it, where every query has many close references and
+      the recomputation would cost several times the search.
 
   Returns:
     float array of shape ``[N, M]``, non-negative.
@@ -164,6 +175,7 @@ def pairwise_distances(
     raise ValueError(
         "x and y must have shapes [N, D] and [M, D], got "
         f"{x.shape} and {y.shape}.")
+  squared = _squared_euclidean if precise_close_pairs else _gram_estimate
   if metric == "cosine":
     # For unit vectors 1 - cos = |x - y|^2 / 2, which keeps small cosine
     # distances accurate too; a zero vector is at distance 1.
@@ -172,9 +184,9 @@ def pairwise_distances(
     zero = (jnp.all(xu == 0, axis=1)[:, None] |
             jnp.all(yu == 0, axis=1)[None, :])
     dist = jnp.where(zero, 1.0,
-                     jnp.clip(0.5 * _squared_euclidean(xu, yu), 0.0, 2.0))
+                     jnp.clip(0.5 * squared(xu, yu), 0.0, 2.0))
   else:
-    sq = _squared_euclidean(x, y)
+    sq = squared(x, y)
     dist = sq if metric == "squared_euclidean" else safe_sqrt(sq)
   if same:
     dist = jnp.where(jnp.eye(x.shape[0], dtype=bool), 0.0, dist)

@@ -83,7 +83,8 @@ def nearest_neighbors(
       best_d, best_i = best
       r, r_offset, r_label = block
       r_index = r_offset + jnp.arange(reference_block)
-      d = distances.pairwise_distances(q, r, metric=metric)
+      d = distances.pairwise_distances(q, r, metric=metric,
+                                       precise_close_pairs=False)
       invalid = (r_index >= num_r)[None, :] | (
           q_label[:, None] == r_label[None, :])
       if exclude_self:

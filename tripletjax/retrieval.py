@@ -27,6 +27,11 @@ including its ``negatives_k``-th negative; the rare query whose needed depth
 goes beyond that is ranked against every reference instead, a few queries at
 a time. Memory is bounded by ``memory_budget`` bytes per step, whatever the
 number of references.
+
+Distances are the Gram-matrix expansion (`tripletjax.distances.
+pairwise_distances` with ``precise_close_pairs=False``), as in brute-force
+float32 search: references within about ``sqrt(eps) |x|`` of each other are
+ranked at rounding level.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ def _unpack_index(keys: np.ndarray) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames="metric")
 def _distances(queries, references, exclude, reference_index, *, metric):
   """``[q, r]`` distances, inf where ``reference_index == exclude``."""
-  d = distances.pairwise_distances(queries, references, metric=metric)
+  d = distances.pairwise_distances(queries, references, metric=metric,
+                                   precise_close_pairs=False)
   return jnp.where(reference_index[None, :] == exclude[:, None], jnp.inf, d)
 
 
