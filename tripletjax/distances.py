@@ -65,11 +65,12 @@ _CLOSE_PAIRS_PER_ROW = 32
 _BLOCK_ELEMENTS = 2**22
 
 
-def _gram_estimate(x: jax.Array, y: jax.Array) -> jax.Array:
-  """``[N, M]`` squared distances by the Gram-matrix expansion alone."""
-  x_sq = jnp.sum(x * x, axis=1)
-  y_sq = jnp.sum(y * y, axis=1)
-  return jnp.maximum(x_sq[:, None] + y_sq[None, :] - 2.0 * _gram(x, y), 0.0)
+def _gram_estimate(x: jax.Array, y: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+  """``[N, M]`` squared distances by the Gram-matrix expansion alone, and
+  ``|x_i|^2 + |y_j|^2``, the scale of its rounding error."""
+  scale = jnp.sum(x * x, axis=1)[:, None] + jnp.sum(y * y, axis=1)[None, :]
+  return jnp.maximum(scale - 2.0 * _gram(x, y), 0.0), scale
 
 
 @jax.custom_vjp
@@ -83,8 +84,7 @@ def _squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
   ``_CLOSE_PAIRS_PER_ROW`` of them, else all pairs block by block; the
   memory stays O(N M) either way.
   """
-  sq = _gram_estimate(x, y)
-  scale = jnp.sum(x * x, axis=1)[:, None] + jnp.sum(y * y, axis=1)[None, :]
+  sq, scale = _gram_estimate(x, y)
   close = sq <= _NEAR * scale
   per_row = min(sq.shape[1], _CLOSE_PAIRS_PER_ROW)
 
@@ -175,7 +175,8 @@ def pairwise_distances(
     raise ValueError(
         "x and y must have shapes [N, D] and [M, D], got "
         f"{x.shape} and {y.shape}.")
-  squared = _squared_euclidean if precise_close_pairs else _gram_estimate
+  squared = (_squared_euclidean if precise_close_pairs else
+             lambda x, y: _gram_estimate(x, y)[0])
   if metric == "cosine":
     # For unit vectors 1 - cos = |x - y|^2 / 2, which keeps small cosine
     # distances accurate too; a zero vector is at distance 1.
