@@ -23,6 +23,7 @@ from absl import flags
 import numpy as np
 
 from experiments import common
+from tripletjax import config as config_lib
 from tripletjax import data
 from tripletjax import few_shot
 from tripletjax import workdir as workdir_lib
@@ -35,6 +36,10 @@ _QUERIES = flags.DEFINE_integer("queries_per_class", 15,
                                 "Query examples per class and episode.")
 _EPISODES = flags.DEFINE_integer("episodes", 1000, "Episodes per setting.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the episodes.")
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "Episodes on every image of this dataset instead (for "
+    "example a folder of your own photos, folder:PATH), embedded by the "
+    "run's network; default: the run's unseen test classes.")
 
 
 def main(argv):
@@ -43,16 +48,26 @@ def main(argv):
     raise ValueError("Give the trained run's directory: --workdir.")
   run = workdir_lib.restore(_WORKDIR.value)
   config, step, embedder = run.config, run.step, run.embedder
-  train_split, test = data.load_splits(config)
-  unseen = ~np.isin(test.labels, train_split.labels)
-  if not unseen.any():
-    raise ValueError(
-        f"Every class of {config.dataset!r} {config.test_split!r} was "
-        "trained on; train with --train_classes to hold some out.")
-  embeddings = embedder(test.images[unseen])
-  labels = test.labels[unseen]
-  print(f"{config.dataset}, step {step}: {unseen.sum()} test images of "
-        f"{len(np.unique(labels))} classes never trained on.")
+  if _DATASET.value:
+    other = config_lib.validate(config.replace(dataset=_DATASET.value,
+                                               train_classes=()))
+    splits = data.load_splits(other)
+    embeddings = np.concatenate([embedder(s.images) for s in splits])
+    labels = np.concatenate([s.labels for s in splits])
+    print(f"{_DATASET.value}, embedded by step {step} of {config.dataset}: "
+          f"{len(labels)} images of {len(np.unique(labels))} classes.")
+  else:
+    train_split, test = data.load_splits(config)
+    unseen = ~np.isin(test.labels, train_split.labels)
+    if not unseen.any():
+      raise ValueError(
+          f"Every class of {config.dataset!r} {config.test_split!r} was "
+          "trained on; train with --train_classes to hold some out, or give "
+          "--dataset.")
+    embeddings = embedder(test.images[unseen])
+    labels = test.labels[unseen]
+    print(f"{config.dataset}, step {step}: {unseen.sum()} test images of "
+          f"{len(np.unique(labels))} classes never trained on.")
   results = {"step": step, "episodes": _EPISODES.value}
   for ways in map(int, _WAYS.value):
     for shots in map(int, _SHOTS.value):
@@ -65,7 +80,7 @@ def main(argv):
             f"{r['prototype']:.2%} ± {r['prototype_ci95']:.2%}, nearest "
             f"neighbour {r['nearest_neighbor']:.2%} ± "
             f"{r['nearest_neighbor_ci95']:.2%}")
-  if config.dataset == omniglot.NAME:
+  if config.dataset == omniglot.NAME and not _DATASET.value:
     task, _ = data.load_features(
         omniglot.NAME, "one_shot", ("image", "label", "run", "is_query"),
         data_dir=config.data_dir, manual_dir=config.manual_dir)

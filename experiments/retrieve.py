@@ -18,12 +18,14 @@ import os
 
 from absl import flags
 import numpy as np
+from PIL import Image
 
 from experiments import common
 from tripletjax import data
 from tripletjax import neighbors
 from tripletjax import plotting
 from tripletjax import workdir as workdir_lib
+from tripletjax.data import images as images_lib
 
 _WORKDIR = common.define_trained_run_flag()
 _IMAGES = flags.DEFINE_list("images", [], "Query image files (any format "
@@ -37,15 +39,24 @@ _OUTPUT = flags.DEFINE_string(
     "output", None, "PNG to write (default: <workdir>/figures/query.png).")
 
 
-def read_image(path: str, shape: tuple[int, int, int], invert: bool
+def read_image(path: str, run: workdir_lib.TrainedRun, invert: bool
                ) -> np.ndarray:
-  """An image file as ``uint8 [H, W, C]`` of the model's input `shape`."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  """An image file as the run's images are: photos decoded as the cache
+  decodes them (shorter side to the stored size, centre crop), other images
+  resized to the network's input."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"No image file {path!r}.")
-  image = Image.open(path).convert("L" if shape[2] == 1 else "RGB")
-  image = np.asarray(image.resize((shape[1], shape[0]), Image.BILINEAR))
-  image = image.reshape(shape)
+  height, width, channels = run.image_shape
+  try:
+    if run.config.is_photo_dataset:
+      image = images_lib.decode_file(path, size=run.config.stored_size,
+                                     channels=channels)
+    else:
+      with Image.open(path) as opened:
+        image = np.asarray(images_lib.to_mode(opened, channels).resize(
+            (width, height), Image.BILINEAR)).reshape(run.image_shape)
+  except (OSError, ValueError, SyntaxError) as e:
+    raise ValueError(f"Cannot read image file {path!r}: {e}") from None
   return 255 - image if invert else image
 
 
@@ -65,7 +76,7 @@ def main(argv):
   bad = [i for i in indices if not 0 <= i < len(test)]
   if bad:
     raise ValueError(f"test_indices {bad} outside [0, {len(test)}).")
-  images = [read_image(p, run.image_shape, _INVERT.value)
+  images = [read_image(p, run, _INVERT.value)
             for p in _IMAGES.value] + [test.images[i] for i in indices]
   labels = [-1] * len(_IMAGES.value) + [int(test.labels[i]) for i in indices]
   images = np.stack(images)
@@ -74,9 +85,11 @@ def main(argv):
       metric=run.config.metric)
   d, index = np.asarray(d), np.asarray(index)
   names = list(_IMAGES.value) + [f"test[{i}]" for i in indices]
+  classes = references.class_names
   for name, row, dist in zip(names, index, d):
     print(f"{name}: " + ", ".join(
-        f"train[{r}] (label {references.labels[r]}, d={x:.3f})"
+        f"train[{r}] ({classes[references.labels[r]] if classes else 'label'}"
+        f"{'' if classes else ' ' + str(references.labels[r])}, d={x:.3f})"
         for r, x in zip(row, dist)))
   output = _OUTPUT.value or os.path.join(_WORKDIR.value, "figures",
                                          "query.png")

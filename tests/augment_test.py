@@ -1,11 +1,12 @@
 """Augmentation: the shift's bounds, the affine warp against hand-made
-images, and the agreement of the two where they overlap."""
+images, the photo crops against ramps, and draws by global row."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tripletjax import config as config_lib
 from tripletjax.data import augment
 
 
@@ -89,3 +90,59 @@ def test_rows_of_a_global_batch_draw_as_in_the_whole_batch():
       part = augment.augment(images[first:first + 2], key, first_row=first,
                              batch_size=8, **settings)
       np.testing.assert_array_equal(part, whole[first:first + 2])
+
+
+def test_whole_image_crop_is_the_identity_or_its_mirror():
+  images = jax.random.uniform(jax.random.key(7), (6, 9, 9, 2))
+  same = augment.random_resized_crop(images, jax.random.key(8), 9,
+                                     scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                     flip=False)
+  np.testing.assert_allclose(same, images, atol=1e-6)
+  flipped = augment.random_resized_crop(images, jax.random.key(8), 9,
+                                        scale=(1.0, 1.0), ratio=(1.0, 1.0))
+  mirrors = [np.allclose(f, i[:, ::-1], atol=1e-6) for f, i in
+             zip(np.asarray(flipped), np.asarray(images))]
+  kept = [np.allclose(f, i, atol=1e-6) for f, i in
+          zip(np.asarray(flipped), np.asarray(images))]
+  assert all(m or k for m, k in zip(mirrors, kept)) and any(mirrors)
+
+
+def test_crops_of_a_ramp_are_ramps_inside_the_image():
+  """Bilinear sampling of a linear ramp is exact: each output row is a ramp
+  whose slope is the crop's width over the output's, within the image."""
+  ramp = jnp.broadcast_to(jnp.arange(32.0)[None, None, :, None],
+                          (64, 32, 32, 1))
+  out = np.asarray(augment.random_resized_crop(ramp, jax.random.key(9), 8,
+                                               flip=False))[..., 0]
+  slopes = np.diff(out, axis=2)
+  np.testing.assert_allclose(slopes, np.broadcast_to(slopes[:, :, :1],
+                                                     slopes.shape), atol=1e-4)
+  widths = slopes[:, 0, 0] * 8
+  areas = widths ** 2  # Upper bound on crop area / 32**2 when square-ish.
+  assert np.all(widths > 0) and np.all(widths <= 32 + 1e-4)
+  assert out.min() >= -0.5 and out.max() <= 31.5
+  assert areas.max() / 32 ** 2 > 0.5 and areas.min() / 32 ** 2 < 0.5
+
+
+def test_color_jitter():
+  images = jax.random.uniform(jax.random.key(10), (4, 5, 5, 3))
+  np.testing.assert_allclose(augment.color_jitter(images, jax.random.key(1),
+                                                  0.0), images, atol=1e-6)
+  jittered = augment.color_jitter(images, jax.random.key(1), 0.5)
+  assert not np.allclose(jittered, images)
+  assert float(jittered.min()) >= 0.0 and float(jittered.max()) <= 1.0
+
+
+def test_photo_rows_draw_as_in_the_whole_batch():
+  images = jax.random.uniform(jax.random.key(11), (8, 12, 12, 3))
+  config = config_lib.Config(image_size=8, augment="photo",
+                             augment_color=0.4)
+  whole = augment.apply(images, jax.random.key(12), config)
+  assert whole.shape == (8, 8, 8, 3)
+  for first in (0, 4):
+    part = augment.apply(images[first:first + 4], jax.random.key(12), config,
+                         first_row=first, batch_size=8)
+    np.testing.assert_allclose(part, whole[first:first + 4], atol=1e-6)
+  none = augment.apply(images, jax.random.key(12),
+                       config.replace(augment="none"))
+  np.testing.assert_array_equal(none, images[:, 2:10, 2:10])

@@ -62,8 +62,9 @@ class DistancesTest(parameterized.TestCase):
         distances.paired_distances(x[:1], x[1:], metric="euclidean"), [1e-3],
         rtol=1e-6)
 
-  @parameterized.product(metric=distances.METRIC_NAMES, normalized=(False, True),
-                         cross=(False, True), pairs_per_row=(32, 2))
+  @parameterized.product(metric=distances.METRIC_NAMES,
+                         normalized=(False, True), cross=(False, True),
+                         pairs_per_row=(32, 2))
   def test_duplicated_and_near_duplicated_rows(self, metric, normalized,
                                                cross, pairs_per_row):
     """Close pairs are as accurate as float32 rounding of the true

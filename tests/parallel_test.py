@@ -49,7 +49,7 @@ STEP_SCRIPT = """
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                              opt_state=tx.init(params))
 
-    def run(config, how):
+    def run(config, how, images=images, graphdef=graphdef, state=state):
       step = functools.partial(train.train_step, graphdef=graphdef, tx=tx,
                                config=config)
       # Random triplets: 8 whole triplets, one per device.
@@ -111,12 +111,32 @@ STEP_SCRIPT = """
                                                          other_loss)
         assert close(other_params, params), (name, how)
       print("augmentation", name, "ok")
+
+    # Photos stored at 12 pixels, randomly cropped to the network's 8.
+    photos = rng.integers(0, 256, (32, 12, 12, 3), dtype=np.uint8)
+    photo_graphdef, photo_params = nnx.split(models.create(
+        "cnn", image_shape=(8, 8, 3), seed=0, widths=(4,), hidden_dim=16,
+        embedding_dim=8))
+    photo_state = train.TrainState(step=jnp.zeros((), jnp.int32),
+                                   params=photo_params,
+                                   opt_state=tx.init(photo_params))
+    photo = dict(images=photos, graphdef=photo_graphdef, state=photo_state)
+    config = config_lib.Config(loss="batch_all", margin=0.3, image_size=8,
+                               augment="photo", augment_color=0.3)
+    loss, params = run(config, "one", **photo)
+    cropped, _ = run(config.replace(augment="none"), "one", **photo)
+    assert not np.isclose(loss, cropped, rtol=1e-3)
+    for how in ("jit", "pmap"):
+      other_loss, other_params = run(config, how, **photo)
+      assert np.isclose(other_loss, loss, rtol=1e-5), (how, loss, other_loss)
+      assert close(other_params, params), how
+    print("augmentation photo ok")
 """
 
 
 def test_one_step_same_on_one_and_eight_devices():
   out = run_script(STEP_SCRIPT)
-  assert out.count(" ok") == len(config_lib.LOSS_NAMES) + 2, out
+  assert out.count(" ok") == len(config_lib.LOSS_NAMES) + 3, out
 
 
 def test_batch_all_with_a_global_batch_of_8192_on_eight_devices():

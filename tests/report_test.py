@@ -37,7 +37,8 @@ def test_write_figures(tmp_path):
     f.write(json.dumps({"step": 4, "test_map_at_r": 0.5}) + "\n")
   embed = lambda x: x.reshape(len(x), -1)[:, :6].astype(np.float32)
   paths = report.write_figures(workdir, embed, train, test,
-                               np.arange(16), metric="euclidean", rows=4)
+                               np.arange(16), train.labels[:16],
+                               metric="euclidean", rows=4)
   assert sorted(os.path.basename(p) for p in paths) == [
       "embeddings_2d.png", "mined_triplets.png", "retrieval.png",
       "training_curves.png"]
@@ -48,17 +49,17 @@ def test_write_figures(tmp_path):
   unseen = data.Split(images=test.images, labels=test.labels + 10,
                       num_classes=14)
   report.write_figures(workdir, embed, train, unseen, np.arange(16),
-                       metric="cosine", rows=3)
+                       train.labels[:16], metric="cosine", rows=3)
   # Embeddings computed already (as evaluation has them) are used as they
   # are: the same figures, and nothing embedded again.
   report.write_figures(workdir, embed, train, test, np.arange(16),
-                       metric="euclidean", rows=4)
+                       train.labels[:16], metric="euclidean", rows=4)
   with open(os.path.join(workdir, "figures", "retrieval.png"), "rb") as f:
     embedded = f.read()
   def refuse(images):
     raise AssertionError(f"embedded {len(images)} images again")
   report.write_figures(workdir, refuse, train, test, np.arange(16),
-                       metric="euclidean", rows=4,
+                       train.labels[:16], metric="euclidean", rows=4,
                        train_embeddings=embed(train.images),
                        test_embeddings=embed(test.images))
   with open(os.path.join(workdir, "figures", "retrieval.png"), "rb") as f:

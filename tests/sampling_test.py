@@ -80,5 +80,21 @@ class TripletSamplerTest(absltest.TestCase):
       sampling.TripletSampler(np.zeros(5, int), triplets_per_batch=2, seed=0)
 
 
+class ViewsSamplerTest(absltest.TestCase):
+
+  def test_each_image_k_times_labelled_by_its_place(self):
+    sampler = sampling.ViewsSampler(50, images_per_batch=6, views=3, seed=0)
+    indices = sampler(4)
+    self.assertEqual(len(set(indices.tolist())), 6)
+    np.testing.assert_array_equal(indices.reshape(6, 3),
+                                  np.repeat(indices[::3, None], 3, axis=1))
+    labels = sampler.batch_labels(indices, np.zeros(50, np.int32))
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(6), 3))
+    np.testing.assert_array_equal(sampler(4), indices)  # (seed, step) only.
+    self.assertFalse(np.array_equal(sampler(5), indices))
+    with self.assertRaisesRegex(ValueError, "need that many"):
+      sampling.ViewsSampler(5, images_per_batch=6, views=3, seed=0)
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -9,7 +9,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from experiments import shapes
 from tests import train_test
+from tripletjax import config as config_lib
 from tripletjax import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -73,3 +75,49 @@ def test_bad_test_index(trained_run):
                       "--test_indices=100000")
   assert result.returncode == 2
   assert "outside [0, 500)" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory):
+  """A run trained on a generated folder of photos, its workdir, and a
+  second folder of two other classes (apples and bananas, say)."""
+  root = tmp_path_factory.mktemp("photos")
+  shapes.write_folder(str(root / "shapes"), classes=3, per_class=8)
+  shapes.write_folder(str(root / "fruit"), classes=2, per_class=8,
+                                 seed=1)
+  workdir = str(root / "run")
+  train.train_and_evaluate(config_lib.Config(
+      dataset=f"folder:{root / 'shapes'}", image_size=16, resize_size=20,
+      data_dir=str(root / "data"), classes_per_batch=3, examples_per_class=2,
+      widths=(4,), hidden_dim=16, embedding_dim=8, steps=4, warmup_steps=1,
+      eval_every=0, checkpoint_every=0, few_shot_ways=2, few_shot_episodes=5,
+      write_figures=False), workdir)
+  return workdir, root
+
+
+def test_few_shot_on_another_folder(photo_run):
+  workdir, root = photo_run
+  result = run_script("experiments.few_shot", f"--workdir={workdir}",
+                      f"--dataset=folder:{root / 'fruit'}", "--ways=2",
+                      "--shots=1,5", "--queries_per_class=3",
+                      "--episodes=10")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "16 images of 2 classes" in result.stdout
+  assert "2-way 5-shot: prototype" in result.stdout
+
+
+def test_retrieve_a_photo_by_class_name(photo_run, tmp_path):
+  workdir, root = photo_run
+  query = next((root / "fruit").rglob("*.jpg"))
+  result = run_script("experiments.retrieve", f"--workdir={workdir}",
+                      f"--images={query}", "--k=3",
+                      f"--output={tmp_path / 'grid.png'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = next(l for l in result.stdout.splitlines()
+              if l.startswith(str(query)))
+  assert line.count("(class_0") == 3  # Neighbours named by their class.
+  broken = tmp_path / "broken.png"
+  broken.write_bytes(b"no image")
+  result = run_script("experiments.retrieve", f"--workdir={workdir}",
+                      f"--images={broken}")
+  assert result.returncode == 2 and "Cannot read image file" in result.stderr

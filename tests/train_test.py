@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from experiments import shapes
 from tests import reference
 from tripletjax import checkpointing
 from tripletjax import config as config_lib
@@ -135,3 +136,49 @@ def test_each_loss_lowers_its_loss(dataset_dirs, loss):
     state, metrics = step(state)
     first = float(metrics["loss"]) if first is None else first
   assert float(metrics["loss"]) < 0.7 * first, (first, metrics["loss"])
+
+
+def test_photo_folder_resumes_exactly(tmp_path):
+  """A folder of photos from the disk cache, randomly cropped, flipped and
+  colour-jittered: a stopped and resumed run ends where an uninterrupted one
+  does, bit for bit."""
+  shapes.write_folder(str(tmp_path / "shapes"), classes=3,
+                                 per_class=8)
+  config = config_lib.Config(
+      dataset=f"folder:{tmp_path / 'shapes'}", image_size=16, resize_size=20,
+      data_dir=str(tmp_path / "data"), classes_per_batch=3,
+      examples_per_class=2, widths=(4,), hidden_dim=16, embedding_dim=8,
+      steps=8, warmup_steps=1, eval_every=0, checkpoint_every=3,
+      augment_color=0.3, write_figures=False, few_shot_ways=2,
+      few_shot_episodes=5, log_every_seconds=1000.0)
+  results = train.train_and_evaluate(config, str(tmp_path / "straight"))
+  assert 0.0 <= results["test_map_at_r"] <= 1.0
+  train.train_and_evaluate(config, str(tmp_path / "resumed"),
+                           should_stop=lambda step: step >= 5)
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  want = workdir.restore(str(tmp_path / "straight"))
+  got = workdir.restore(str(tmp_path / "resumed"))
+  assert want.step == got.step == 8 and want.image_shape == (16, 16, 3)
+  for a, b in zip(jax.tree.leaves(want.params), jax.tree.leaves(got.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_label_free_views_train_and_evaluate(tmp_path):
+  """--positives=augmented: batches of P images in K augmented views each;
+  the labels the folder has are used for evaluation only."""
+  shapes.write_folder(str(tmp_path / "shapes"), classes=3,
+                                 per_class=8)
+  config = config_lib.Config(
+      dataset=f"folder:{tmp_path / 'shapes'}", image_size=16, resize_size=20,
+      data_dir=str(tmp_path / "data"), positives="augmented",
+      classes_per_batch=4, examples_per_class=3, widths=(4,), hidden_dim=16,
+      embedding_dim=8, steps=4, warmup_steps=1, eval_every=0,
+      checkpoint_every=0, few_shot_ways=2, few_shot_episodes=5,
+      log_every_seconds=1000.0)
+  results = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert results["steps"] == 4 and 0.0 <= results["test_map_at_r"] <= 1.0
+  lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  # Each batch: 4 images x 3 views; every view has 2 positives.
+  assert lines[0]["num_triplets"] == 12 * 2 * 9
+  with pytest.raises(ValueError, match="positives=augmented needs"):
+    config_lib.validate(config.replace(augment="none"))

@@ -18,6 +18,14 @@ from tripletjax import models
 from tripletjax import parallel
 
 RANDOM_TRIPLETS = "random_triplets"
+# Datasets of photos, decoded once into a disk cache and read from it: a
+# user's folder (FOLDER_PREFIX + its path) and the metric-learning
+# benchmarks, by the names of PHOTO_BENCHMARKS.
+FOLDER_PREFIX = "folder:"
+PHOTO_BENCHMARKS = ("cub200", "cars196", "sop")
+AUGMENTATIONS = ("auto", "digits", "photo", "none")
+SMALL_CLASSES = ("drop", "error")
+POSITIVES = ("labels", "augmented")
 TUPLE_FIELDS = ("widths", "train_classes", "knn_ks", "few_shot_shots")
 LOSS_NAMES = (*losses.MINING_LOSSES, RANDOM_TRIPLETS)
 
@@ -37,8 +45,9 @@ class Config:
   """
   # Data.
   dataset: str = _setting(
-      "mnist", "tensorflow-datasets name (mnist, fashion_mnist, "
-      "omniglot_lake, ...).")
+      "mnist", "A tensorflow-datasets name (mnist, fashion_mnist, "
+      "omniglot_lake, ...), a folder of photos (folder:PATH, one sub-folder "
+      "per class) or a metric-learning benchmark (cub200, cars196, sop).")
   train_split: str = _setting(
       "train", "Split to train on (and the references of the test queries).")
   test_split: str = _setting("test", "Split whose images are evaluated.")
@@ -50,7 +59,21 @@ class Config:
       "or one with a sub-directory per dataset (default: "
       "$TRIPLETJAX_MANUAL_DIR).")
   image_size: int = _setting(
-      0, "Resize images to this many pixels square (0: keep their size).")
+      0, "The network's input, this many pixels square (0: the images' own "
+      "size; photo datasets need one, e.g. 224).")
+  resize_size: int = _setting(
+      0, "Photo datasets: the shorter side is resized to this and the centre "
+      "cropped square, once, into the cache; training crops image_size from "
+      "it, evaluation its centre (0: image_size * 8 / 7, 256 for 224).")
+  channels: int = _setting(
+      0, "Image channels: 1 (grey) or 3 (RGB); 0: 3 for photo datasets, the "
+      "dataset's own otherwise.")
+  test_fraction: float = _setting(
+      0.2, "A folder without train/ and test/ sub-folders: each class's share "
+      "of test images, chosen by a hash of each file's path.")
+  small_classes: str = _setting(
+      "drop", "A class with fewer training images than examples_per_class: "
+      "drop it with a warning, or stop with an error naming it (error).")
   train_classes: tuple[int, ...] = _setting(
       (), "Train on these class ids only (empty: all); test images of the "
       "others are evaluated as unseen classes (leave-one-out retrieval, "
@@ -71,7 +94,14 @@ class Config:
   margin: float = _setting(0.5, "Triplet margin.")
   metric: str = _setting(
       "euclidean", f"Distance: {', '.join(distances.METRIC_NAMES)}.")
-  classes_per_batch: int = _setting(10, "P: classes in each P x K batch.")
+  positives: str = _setting(
+      "labels", "What makes a positive pair: the class labels, or (augmented) "
+      "two augmented views of one image: each of P images drawn gives K "
+      "views that share a label of their own, and no labels are needed to "
+      "train.")
+  classes_per_batch: int = _setting(
+      10, "P: classes (with --positives=augmented: images) in each P x K "
+      "batch.")
   examples_per_class: int = _setting(
       25, "K: examples of each class in a P x K batch.")
   triplets_per_batch: int = _setting(
@@ -82,6 +112,11 @@ class Config:
       1e-3, "Peak learning rate (Adam, warm-up then cosine decay).")
   warmup_steps: int = _setting(100, "Linear warm-up steps.")
   weight_decay: float = _setting(0.0, "AdamW weight decay (0: Adam).")
+  augment: str = _setting(
+      "auto", "Augmentation of training images: digits (the augment_shift, "
+      "augment_rotation and augment_scale below), photo (random resized crop, "
+      "horizontal flip, augment_color jitter) or none; auto: photo for photo "
+      "datasets, digits otherwise.")
   augment_shift: int = _setting(
       2, "Random translation of training images, in pixels.")
   augment_rotation: float = _setting(
@@ -90,6 +125,9 @@ class Config:
   augment_scale: float = _setting(
       0.0, "Random scaling of training images by a factor in "
       "[1 - s, 1 + s].")
+  augment_color: float = _setting(
+      0.0, "Photo augmentation: brightness, contrast and saturation each "
+      "scaled by a random factor in [1 - s, 1 + s].")
   seed: int = _setting(
       0, "Seed of initialisation, sampling and augmentation.")
   # Devices.
@@ -125,6 +163,24 @@ class Config:
     """The help of setting `name` (its command-line flag's)."""
     return next(f for f in dataclasses.fields(cls)
                 if f.name == name).metadata["help"]
+
+  @property
+  def is_photo_dataset(self) -> bool:
+    """Photos from a folder or a benchmark (decoded into the disk cache)."""
+    return (self.dataset.startswith(FOLDER_PREFIX)
+            or self.dataset in PHOTO_BENCHMARKS)
+
+  @property
+  def augmentation(self) -> str:
+    """The augmentation family in force: digits, photo or none."""
+    if self.augment != "auto":
+      return self.augment
+    return "photo" if self.is_photo_dataset else "digits"
+
+  @property
+  def stored_size(self) -> int:
+    """Photo datasets: the side of the cached images."""
+    return self.resize_size or round(self.image_size * 8 / 7)
 
   @property
   def batch_size(self) -> int:
@@ -223,6 +279,33 @@ def validate(config: Config) -> Config:
            f"{c.train_classes!r}.")
   _require(isinstance(c.image_size, int) and c.image_size >= 0,
            f"image_size must be >= 0 (0: keep), got {c.image_size!r}.")
+  _require(c.dataset != FOLDER_PREFIX,
+           f"dataset {c.dataset!r} names no folder: give folder:PATH.")
+  _require(not c.is_photo_dataset or c.image_size > 0,
+           f"image_size must be set for the photo dataset {c.dataset!r} "
+           "(e.g. --image_size=224 or 64).")
+  _require(isinstance(c.resize_size, int) and (
+      c.resize_size == 0 or c.resize_size >= c.image_size),
+           f"resize_size must be 0 or >= image_size ({c.image_size}), got "
+           f"{c.resize_size!r}.")
+  _require(c.channels in (0, 1, 3),
+           f"channels must be 0, 1 or 3, got {c.channels!r}.")
+  _require(0 < c.test_fraction < 1,
+           f"test_fraction must be in (0, 1), got {c.test_fraction!r}.")
+  _require(c.small_classes in SMALL_CLASSES,
+           f"small_classes must be one of {SMALL_CLASSES}, got "
+           f"{c.small_classes!r}.")
+  _require(c.augment in AUGMENTATIONS,
+           f"augment must be one of {AUGMENTATIONS}, got {c.augment!r}.")
+  _require(c.positives in POSITIVES,
+           f"positives must be one of {POSITIVES}, got {c.positives!r}.")
+  _require(c.positives == "labels" or (
+      c.loss != RANDOM_TRIPLETS and c.augmentation != "none"),
+           "positives=augmented needs a mining loss and an augmentation "
+           f"(got loss {c.loss!r}, augment {c.augment!r}): the views of an "
+           "image differ by their augmentation alone.")
+  _require(0 <= c.augment_color < 1,
+           f"augment_color must be in [0, 1), got {c.augment_color!r}.")
   _require(c.margin > 0 or (c.margin == 0 and c.loss == "batch_hard_soft"),
            f"margin must be > 0 (0 is allowed for batch_hard_soft), got "
            f"{c.margin!r}.")

@@ -221,7 +221,11 @@ def paired_distances(
     raise ValueError(
         f"x and y must both have shape [N, D], got {x.shape} and {y.shape}.")
   if metric == "cosine":
-    return jnp.clip(1.0 - jnp.sum(l2_normalize(x) * l2_normalize(y), axis=1), 0.0, 2.0)
+    # As in pairwise_distances: half the squared distance of unit vectors.
+    xu, yu = l2_normalize(x), l2_normalize(y)
+    zero = jnp.all(xu == 0, axis=1) | jnp.all(yu == 0, axis=1)
+    return jnp.where(zero, 1.0, jnp.clip(
+        0.5 * jnp.sum(jnp.square(xu - yu), axis=1), 0.0, 2.0))
   diff = x - y
   sq = jnp.sum(diff * diff, axis=1)
   return sq if metric == "squared_euclidean" else safe_sqrt(sq)

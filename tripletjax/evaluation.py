@@ -24,6 +24,7 @@ from tripletjax import few_shot
 from tripletjax import models
 from tripletjax import retrieval
 from tripletjax.data import Split
+from tripletjax.data import augment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,17 +33,21 @@ class Embedder:
 
   Called with ``uint8 [N, H, W, C]`` images, returns ``float32 [N, D]``,
   embedding `batch_size` images per call (the last batch padded, so one
-  compilation serves every call).
+  compilation serves every call). Images larger than the network's input
+  (photos, stored larger for training's random crops) are cropped to their
+  centre ``input_size x input_size`` first.
   """
   graphdef: nnx.GraphDef
   params: nnx.State
   batch_size: int
+  input_size: int
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     n = images.shape[0]
     out = []
     for start in range(0, n, self.batch_size):
-      chunk = images[start:start + self.batch_size]
+      chunk = augment.center_crop(images[start:start + self.batch_size],
+                                  self.input_size)
       pad = self.batch_size - chunk.shape[0]
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]),

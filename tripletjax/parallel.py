@@ -99,27 +99,29 @@ def process_slice(size: int) -> slice:
   return slice(index * share, (index + 1) * share)
 
 
-def local_batch(indices: np.ndarray, images: np.ndarray, labels: np.ndarray
+def local_batch(indices: np.ndarray, labels: np.ndarray, images
                 ) -> tuple[np.ndarray, np.ndarray]:
-  """This process's rows of the global batch of example `indices`.
+  """This process's rows of a global batch.
 
   The global batch is padded with rows of label -1 (they take part in no
   triplet) to a multiple of the number of devices, then split into one
-  contiguous slice per process.
+  contiguous slice per process; only this process's images are read.
 
   Args:
     indices: ``[B]`` example indices of the global batch.
-    images: ``[N, H, W, C]`` the examples' images.
-    labels: ``[N]`` their labels.
+    labels: ``[B]`` the batch's labels.
+    images: ``[N, H, W, C]`` the examples' images (an array or a
+      `tripletjax.data.cache.ImageArray`).
 
   Returns:
     ``(images, labels)`` of this process's rows.
   """
   size = padded_batch_size(len(indices), jax.device_count())
   indices, real = pad_batch(indices, size)
+  labels = np.concatenate([labels, np.full(size - len(labels), -1,
+                                           labels.dtype)])
   mine = process_slice(size)
-  indices, real = indices[mine], real[mine]
-  return images[indices], np.where(real, labels[indices], -1)
+  return images[indices[mine]], np.where(real[mine], labels[mine], -1)
 
 
 def global_array(mesh: jax.sharding.Mesh, local: np.ndarray) -> jax.Array:

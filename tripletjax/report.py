@@ -37,7 +37,7 @@ def _one_per_class(labels: np.ndarray, count: int) -> np.ndarray:
 
 
 def write_figures(workdir: str, embedder: Callable[[np.ndarray], np.ndarray],
-                  train: Split, test: Split, batch_indices,
+                  train: Split, test: Split, batch_indices, batch_labels,
                   *, metric: str, rows: int = 8, max_points: int = 5000,
                   train_embeddings: np.ndarray | None = None,
                   test_embeddings: np.ndarray | None = None) -> list[str]:
@@ -51,6 +51,7 @@ def write_figures(workdir: str, embedder: Callable[[np.ndarray], np.ndarray],
     train_embeddings, test_embeddings: the embeddings of the whole splits
       where already computed (``[N, D]``), used instead of `embedder`.
     batch_indices: indices into `train` of one P x K training batch.
+    batch_labels: the labels that batch trains with.
     metric: the run's distance.
     rows: triplets and queries shown.
     max_points: test embeddings drawn in the projection.
@@ -74,7 +75,6 @@ def write_figures(workdir: str, embedder: Callable[[np.ndarray], np.ndarray],
       shown_embeddings, test.labels[shown],
       os.path.join(out, "embeddings_2d.png")))
 
-  batch_labels = train.labels[batch_indices]
   positive, negative, d_ap, d_an, has_both = (np.asarray(v) for v in
                                               losses.hardest_triplets(
       embeddings(train, train_embeddings, batch_indices), batch_labels,

@@ -39,19 +39,25 @@ class _ClassIndex:
 class PKSampler:
   """Balanced batches: P classes, K examples of each, without repeats.
 
-  Classes with fewer than K examples are left out of the draw (logged once);
-  fewer than P classes with K examples is an error.
+  Classes with fewer than K examples are left out of the draw (with a
+  warning that names them), or, with ``small_classes="error"``, stop the
+  run; fewer than P classes with K examples is an error.
   """
 
   def __init__(self, labels: np.ndarray, *, classes_per_batch: int,
                examples_per_class: int, seed: int,
-               dataset_name: str = "the dataset"):
+               dataset_name: str = "the dataset",
+               small_classes: str = "drop",
+               class_names: tuple[str, ...] | None = None):
     """Args:
       labels: ``[N]`` class ids of the examples to draw from.
       classes_per_batch: P.
       examples_per_class: K.
       seed: base seed of every draw.
       dataset_name: used in error messages.
+      small_classes: ``"drop"`` or ``"error"``: what classes with fewer
+        than K examples do.
+      class_names: the classes' names, for the messages.
     """
     self._index = _ClassIndex(labels)
     self.p, self.k = classes_per_batch, examples_per_class
@@ -64,15 +70,31 @@ class PKSampler:
           f"at least examples_per_class (K) = {self.k} examples each; "
           f"{dataset_name} has {present} classes, {len(self.eligible)} of them "
           f"with at least {self.k} examples. Lower P or K.")
-    if len(self.eligible) < present:
+    small = np.flatnonzero((self._index.counts > 0) &
+                           (self._index.counts < self.k))
+    if len(small):
+      listed = ", ".join(
+          f"{class_names[c] if class_names else c} "
+          f"({self._index.counts[c]})" for c in small[:10])
+      listed += " ..." if len(small) > 10 else ""
+      if small_classes == "error":
+        raise ValueError(
+            f"{len(small)} classes of {dataset_name} have fewer than "
+            f"examples_per_class (K) = {self.k} training images: {listed}. "
+            "Lower K, add images, or drop them (--small_classes=drop).")
       logging.warning(
-          "%d of %d classes of %s have fewer than K = %d examples and are "
-          "never drawn.", present - len(self.eligible), present, dataset_name,
-          self.k)
+          "%d of %d classes of %s have fewer than K = %d training images and "
+          "are never drawn: %s.", len(small), present, dataset_name, self.k,
+          listed)
 
   @property
   def batch_size(self) -> int:
     return self.p * self.k
+
+  def batch_labels(self, indices: np.ndarray, labels: np.ndarray
+                   ) -> np.ndarray:
+    """The labels of batch `indices`: the examples' own."""
+    return labels[indices]
 
   def __call__(self, step: int) -> np.ndarray:
     """Indices of batch `step`: ``int64 [P * K]``, class by class."""
@@ -117,6 +139,8 @@ class TripletSampler:
   def batch_size(self) -> int:
     return 3 * self.t
 
+  batch_labels = PKSampler.batch_labels
+
   def __call__(self, step: int) -> np.ndarray:
     """Indices ``int64 [3 * T]``: anchor, positive, negative of triplet 0,
     then of triplet 1, ... (so any split into whole triplets is valid)."""
@@ -138,20 +162,56 @@ class TripletSampler:
     return np.stack([anchors, positives, negatives], axis=1).reshape(-1)
 
 
+class ViewsSampler:
+  """Label-free batches: P distinct images, each K times (K augmented
+  views once the train step augments them), labelled by the image's place
+  in the batch: a view's positives are the other views of its image."""
+
+  def __init__(self, num_examples: int, *, images_per_batch: int,
+               views: int, seed: int, dataset_name: str = "the dataset"):
+    if num_examples < images_per_batch:
+      raise ValueError(
+          f"Batches of classes_per_batch (P) = {images_per_batch} images "
+          f"need that many; {dataset_name} has {num_examples}.")
+    self.n, self.p, self.k, self.seed = (num_examples, images_per_batch,
+                                         views, seed)
+
+  @property
+  def batch_size(self) -> int:
+    return self.p * self.k
+
+  def batch_labels(self, indices: np.ndarray, labels: np.ndarray
+                   ) -> np.ndarray:
+    """``[P * K]``: the views of the batch's i-th image have label i."""
+    del indices, labels
+    return np.repeat(np.arange(self.p, dtype=np.int32), self.k)
+
+  def __call__(self, step: int) -> np.ndarray:
+    """Indices of batch `step`: ``int64 [P * K]``, each image K times."""
+    chosen = _rng(self.seed, step).choice(self.n, size=self.p, replace=False)
+    return np.repeat(chosen, self.k)
+
+
 def create(config: config_lib.Config, labels: np.ndarray,
-           dataset_name: str | None = None) -> PKSampler | TripletSampler:
+           class_names: tuple[str, ...] | None = None
+           ) -> PKSampler | TripletSampler:
   """The sampler of ``config.loss``: random triplets, or P x K batches for
   the mining losses.
 
   Args:
-    config: the run's loss, batch shape and seed.
+    config: the run's loss, batch shape, seed and small-class policy.
     labels: ``[N]`` class ids of the training examples.
-    dataset_name: used in error messages (default: ``config.dataset``).
+    class_names: the classes' names, for messages.
   """
-  name = dataset_name or config.dataset
+  name = config.dataset
+  if config.positives == "augmented":
+    return ViewsSampler(len(labels), images_per_batch=config.classes_per_batch,
+                        views=config.examples_per_class, seed=config.seed,
+                        dataset_name=name)
   if config.loss == config_lib.RANDOM_TRIPLETS:
     return TripletSampler(labels, triplets_per_batch=config.triplets_per_batch,
                           seed=config.seed, dataset_name=name)
   return PKSampler(labels, classes_per_batch=config.classes_per_batch,
                    examples_per_class=config.examples_per_class,
-                   seed=config.seed, dataset_name=name)
+                   seed=config.seed, dataset_name=name,
+                   small_classes=config.small_classes, class_names=class_names)

@@ -132,10 +132,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params)
-    x = augment.augment(models.preprocess(images), key,
-                        max_shift=config.augment_shift,
-                        max_rotation=config.augment_rotation,
-                        max_scale=config.augment_scale, **rows)
+    x = augment.apply(models.preprocess(images), key, config, **rows)
     return loss_of(model(x), labels)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -198,14 +195,15 @@ def train_and_evaluate(
                    manual_dir=config.manual_dir)
     parallel.barrier("tripletjax: dataset prepared")
   train, test = data.load_splits(config)
-  workdir_lib.record_inputs(workdir, train.image_shape)
-  sampler = sampling.create(config, train.labels)
+  image_shape = data.input_shape(config, train)
+  workdir_lib.record_inputs(workdir, image_shape)
+  sampler = sampling.create(config, train.labels, train.class_names)
   logging.info("%s: %d train and %d test images of shape %s, %d classes.",
                config.dataset, len(train), len(test), train.image_shape,
                train.num_classes)
 
   # Model, optimiser, state.
-  graphdef, state, tx = initial_state(config, train.image_shape)
+  graphdef, state, tx = initial_state(config, image_shape)
   logging.info("Model %s: %d parameters.", config.model,
                sum(x.size for x in jax.tree.leaves(state.params)))
   state = devices.place_state(state)
@@ -230,7 +228,8 @@ def train_and_evaluate(
 
   def evaluate_now():  # The current params, copied to the host once.
     embedder = evaluation.Embedder(graphdef, jax.device_get(
-        devices.host_state(state).params), config.eval_batch_size)
+        devices.host_state(state).params), config.eval_batch_size,
+                                   image_shape[0])
     return (embedder,
             *evaluation.evaluate_network(embedder, train, test, config))
 
@@ -258,8 +257,10 @@ def train_and_evaluate(
       if should_stop is not None and should_stop(step):
         interrupted = True
         break
+      indices = sampler(step)
       batch = devices.place_batch(*parallel.local_batch(
-          sampler(step), train.images, train.labels))
+          indices, sampler.batch_labels(indices, train.labels),
+          train.images))
       state, metrics = step_fn(state, *batch)
       # Reading the previous step's metrics lets this step run meanwhile.
       if pending is not None:
@@ -293,7 +294,9 @@ def train_and_evaluate(
   writer.write_scalars(last_step, results)
   writer.close()
   if is_main and config.write_figures:
-    report.write_figures(workdir, embedder, train, test, sampler(last_step),
+    indices = sampler(last_step)
+    report.write_figures(workdir, embedder, train, test, indices,
+                         sampler.batch_labels(indices, train.labels),
                          metric=config.metric,
                          train_embeddings=train_embeddings,
                          test_embeddings=test_embeddings)

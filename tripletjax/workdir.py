@@ -104,7 +104,8 @@ class TrainedRun:
   @property
   def embedder(self) -> Embedder:
     """``uint8 [N, H, W, C]`` host images -> ``[N, D]`` host embeddings."""
-    return Embedder(self.graphdef, self.params, self.config.eval_batch_size)
+    return Embedder(self.graphdef, self.params, self.config.eval_batch_size,
+                    self.image_shape[0])
 
 
 def restore(workdir: str) -> TrainedRun:

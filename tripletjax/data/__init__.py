@@ -7,6 +7,7 @@
 * `augment`: random shifts, rotations and scaling inside the train step.
 """
 
+from tripletjax.data.run_splits import input_shape
 from tripletjax.data.run_splits import load_splits
 from tripletjax.data.split import Split
 from tripletjax.data.tfds_loader import load
@@ -19,6 +20,7 @@ from tripletjax.data.tfds_loader import resolve_manual_dir
 __all__ = [
     "MANUAL_DIR_ENV",
     "Split",
+    "input_shape",
     "load",
     "load_features",
     "load_splits",

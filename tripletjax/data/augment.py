@@ -1,7 +1,14 @@
-"""Random geometric augmentation of training images, on the device.
+"""Random augmentation of training images, on the device.
 
 Pure functions of a batch and a PRNG key, run inside the compiled train step
-(each image its own draw), so they cost no host time and no transfer.
+(each image its own draw), so they cost no host time and no transfer. Two
+families (`apply` picks the configured one):
+
+* digits: whole-pixel shifts, and rotations and scaling by a bilinear warp,
+  at the images' own size;
+* photo: a random resized crop (area 16-100 % of the image, aspect ratio
+  3/4-4/3) to the network's input size, a horizontal flip, and optionally
+  colour jitter, as in the metric-learning benchmarks' training recipes.
 
 An image's draw depends on the key and on its row in the global batch, not
 on the device the row is on: a device holding rows ``first_row ..
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _own_rows(drawn: jax.Array, first_row: int | jax.Array, count: int
@@ -146,3 +154,116 @@ def augment(images: jax.Array, key: jax.Array, *, max_shift: int = 0,
   if max_shift:
     return random_shift(images, key, max_shift, **rows)
   return images
+
+
+def center_crop(images: jax.Array | np.ndarray, size: int
+                ) -> jax.Array | np.ndarray:
+  """The central ``size x size`` of each ``[B, H, W, C]`` image (a JAX or a
+  NumPy array)."""
+  _, h, w, _ = images.shape
+  top, left = (h - size) // 2, (w - size) // 2
+  return images[:, top:top + size, left:left + size]
+
+
+def random_resized_crop(images: jax.Array, key: jax.Array, size: int, *,
+                        scale: tuple[float, float] = (0.16, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                        flip: bool = True, first_row: int | jax.Array = 0,
+                        batch_size: int | None = None) -> jax.Array:
+  """A random crop of each image, resized to ``size x size`` (bilinear), and
+  flipped left-right with probability 1/2.
+
+  The crop's area is uniform in `scale` times the image's, its aspect ratio
+  log-uniform in `ratio`; a side longer than the image's is cut to it.
+
+  Args:
+    images: ``[B, H, W, C]`` float.
+    key: PRNG key.
+    size: output side.
+    scale, ratio: ranges of the crop's area fraction and width / height.
+    flip: whether to flip half of the images.
+    first_row, batch_size: see the module doc.
+
+  Returns:
+    ``[B, size, size, C]``.
+  """
+  b, h, w, _ = images.shape
+  n = batch_size or b
+  keys = jax.random.split(key, 5)
+  area = jax.random.uniform(keys[0], (n,), minval=scale[0],
+                            maxval=scale[1]) * h * w
+  aspect = jnp.exp(jax.random.uniform(
+      keys[1], (n,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])))
+  crop_w = jnp.clip(jnp.sqrt(area * aspect), 1.0, w)
+  crop_h = jnp.clip(jnp.sqrt(area / aspect), 1.0, h)
+  left = jax.random.uniform(keys[2], (n,)) * (w - crop_w)
+  top = jax.random.uniform(keys[3], (n,)) * (h - crop_h)
+  flips = (jax.random.bernoulli(keys[4], 0.5, (n,)) if flip
+           else jnp.zeros((n,), bool))
+  top, left, crop_h, crop_w, flips = (_own_rows(v, first_row, b) for v in
+                                      (top, left, crop_h, crop_w, flips))
+  steps = (jnp.arange(size) + 0.5) / size
+
+  def crop(image, top, left, crop_h, crop_w, flip):
+    rows = top + steps * crop_h - 0.5
+    cols = left + jnp.where(flip, steps[::-1], steps) * crop_w - 0.5
+    grid = jnp.meshgrid(rows, cols, indexing="ij")
+    sample = lambda channel: jax.scipy.ndimage.map_coordinates(
+        channel, grid, order=1, mode="nearest")
+    return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
+
+  return jax.vmap(crop)(images, top, left, crop_h, crop_w, flips)
+
+
+def color_jitter(images: jax.Array, key: jax.Array, strength: float, *,
+                 first_row: int | jax.Array = 0,
+                 batch_size: int | None = None) -> jax.Array:
+  """Brightness, contrast and saturation of each image scaled by factors
+  uniform in ``[1 - strength, 1 + strength]``, in that order, clipped to
+  [0, 1].
+
+  Args:
+    images: ``[B, H, W, C]`` float in [0, 1].
+    key: PRNG key.
+    strength: the factors' spread.
+    first_row, batch_size: see the module doc.
+  """
+  b = images.shape[0]
+  factors = jax.random.uniform(key, (batch_size or b, 3),
+                               minval=1 - strength, maxval=1 + strength)
+  factors = _own_rows(factors, first_row, b)[:, None, None, None, :]
+  x = images * factors[..., 0]
+  mean = jnp.mean(jnp.mean(x, axis=-1, keepdims=True), axis=(1, 2),
+                  keepdims=True)
+  x = mean + (x - mean) * factors[..., 1]
+  grey = jnp.mean(x, axis=-1, keepdims=True)
+  x = grey + (x - grey) * factors[..., 2]
+  return jnp.clip(x, 0.0, 1.0)
+
+
+def apply(images: jax.Array, key: jax.Array, config, *,
+          first_row: int | jax.Array = 0,
+          batch_size: int | None = None) -> jax.Array:
+  """The augmentation ``config.augmentation`` names, to the network's input
+  size (``config.image_size`` where images are stored larger).
+
+  Args:
+    images: ``[B, H, W, C]`` float in [0, 1].
+    key: PRNG key.
+    config: a `tripletjax.config.Config`.
+    first_row, batch_size: see the module doc.
+  """
+  rows = dict(first_row=first_row, batch_size=batch_size)
+  size = config.image_size or images.shape[1]
+  if config.augmentation == "photo":
+    crop_key, color_key = jax.random.split(key)
+    x = random_resized_crop(images, crop_key, size, **rows)
+    if config.augment_color:
+      x = color_jitter(x, color_key, config.augment_color, **rows)
+    return x
+  x = center_crop(images, size)
+  if config.augmentation == "digits":
+    return augment(x, key, max_shift=config.augment_shift,
+                   max_rotation=config.augment_rotation,
+                   max_scale=config.augment_scale, **rows)
+  return x

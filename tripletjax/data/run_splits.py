@@ -7,22 +7,38 @@ import functools
 import numpy as np
 
 from tripletjax import config as config_lib
+from tripletjax.data import photos
 from tripletjax.data import tfds_loader
 from tripletjax.data.split import Split
 
 
+def input_shape(config: config_lib.Config, split: Split
+                ) -> tuple[int, int, int]:
+  """``(H, W, C)`` of the network's input: ``config.image_size`` square
+  where set (photos are stored larger, and cropped to it), else the
+  images' own."""
+  h, w, c = split.image_shape
+  size = config.image_size
+  return (size, size, c) if size else (h, w, c)
+
+
 def load_splits(config: config_lib.Config) -> tuple[Split, Split]:
   """The train split (only ``config.train_classes`` if given) and the test
-  split of ``config.dataset``.
+  split of ``config.dataset``: a photo dataset from the disk cache
+  (`tripletjax.data.photos`), any other from tensorflow-datasets into host
+  memory.
 
   Raises:
     ValueError: a class of ``train_classes`` does not occur in the train
       split.
   """
-  load = functools.partial(
-      tfds_loader.load, config.dataset, data_dir=config.data_dir,
-      manual_dir=config.manual_dir, image_size=config.image_size or None)
-  train, test = load(config.train_split), load(config.test_split)
+  if config.is_photo_dataset:
+    train, test = photos.load_splits(config)
+  else:
+    load = functools.partial(
+        tfds_loader.load, config.dataset, data_dir=config.data_dir,
+        manual_dir=config.manual_dir, image_size=config.image_size or None)
+    train, test = load(config.train_split), load(config.test_split)
   if config.train_classes:
     absent = sorted(set(config.train_classes) - set(train.labels.tolist()))
     if absent:

@@ -14,8 +14,6 @@ variable ``TRIPLETJAX_MANUAL_DIR`` supplies the default.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 
 from absl import logging
@@ -23,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 # Imported for its side effect: it registers the omniglot_lake builder.
+from tripletjax.data import filelock
 from tripletjax.data import omniglot  # pylint: disable=unused-import
 from tripletjax.data.split import Split
 
@@ -75,7 +74,7 @@ def prepare(name: str, *, data_dir: str | None = None,
     return builder
   # Runs launched together on a fresh machine would otherwise extract the
   # same files at once and fail; the second one waits, then finds the data.
-  with _exclusive_lock(os.path.join(str(builder.data_dir_root),
+  with filelock.exclusive(os.path.join(str(builder.data_dir_root),
                                     f".{builder.name}.prepare.lock")):
     # A builder reads the split information when it is made: one made
     # before another process prepared the data would have none.
@@ -83,18 +82,6 @@ def prepare(name: str, *, data_dir: str | None = None,
     if not builder.is_prepared():
       _download_and_prepare(builder, name, manual_dir)
   return builder
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: str):
-  """Holds an exclusive lock on file `path` (shared by all processes)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _download_and_prepare(builder, name: str, manual_dir: str | None) -> None:
