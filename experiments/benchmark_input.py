@@ -47,9 +47,17 @@ _WORK_DIR = flags.DEFINE_string(
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
 
 
+def _measure_in_process(results, *args) -> None:
+  """Puts `_measure`'s row, or the error it raised, on the queue `results`."""
+  try:
+    results.put(_measure(*args))
+  except Exception as e:  # pylint: disable=broad-except
+    results.put(e)
+
+
 def _measure(folder: str, data_dir: str, image_size: int, p: int, k: int,
              batches: int) -> dict:
-  """Runs in a fresh process: builds the cache, then times reading."""
+  """Builds the cache, then times reading."""
   # pylint: disable=g-import-not-at-top
   import jax
   from tripletjax import config as config_lib
@@ -127,10 +135,18 @@ def main(argv):
                             sides=(_MIN_SIDE.value, _MAX_SIDE.value),
                             formats=("jpg",), nested_every=0)
       for size in map(int, _IMAGE_SIZES.value):
-        with context.Pool(1) as pool:
-          table.add(pool.apply(_measure, (
-              folder, os.path.join(work, "data"), size, p, k,
-              _BATCHES.value)))
+        # A process of its own (not a pool's daemon: it starts the cache's
+        # decoding workers), so that its peak memory is this row's.
+        results = context.Queue()
+        process = context.Process(target=_measure_in_process, args=(
+            results, folder, os.path.join(work, "data"), size, p, k,
+            _BATCHES.value))
+        process.start()
+        row = results.get()
+        process.join()
+        if isinstance(row, Exception):
+          raise row
+        table.add(row)
   finally:
     if not _WORK_DIR.value:
       shutil.rmtree(work, ignore_errors=True)

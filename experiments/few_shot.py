@@ -32,8 +32,9 @@ from tripletjax.data import omniglot
 _WORKDIR = common.define_trained_run_flag()
 _WAYS = flags.DEFINE_list("ways", ["5"], "Classes per episode.")
 _SHOTS = flags.DEFINE_list("shots", ["1", "5"], "Support examples per class.")
-_QUERIES = flags.DEFINE_integer("queries_per_class", 15,
-                                "Query examples per class and episode.")
+_QUERIES = flags.DEFINE_integer(
+    "queries_per_class", few_shot.QUERIES_PER_CLASS,
+    "Query examples per class and episode.")
 _EPISODES = flags.DEFINE_integer("episodes", 1000, "Episodes per setting.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the episodes.")
 _DATASET = flags.DEFINE_string(

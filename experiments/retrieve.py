@@ -95,7 +95,8 @@ def main(argv):
                                          "query.png")
   plotting.retrieval_grid(images, np.array(labels), references.images[index],
                           references.labels[index], output,
-                          neighbor_distances=d)
+                          neighbor_distances=d,
+                          class_names=references.class_names)
   print(f"Step {run.step} of {_WORKDIR.value}; wrote {output}")
 
 

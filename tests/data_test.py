@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tripletjax import data
+from tripletjax.data import run_splits
 
 
 def test_loads_mnist_slice(dataset_dirs):
@@ -79,3 +80,14 @@ def test_runs_launched_together_prepare_the_dataset_once(dataset_dirs,
   expected = int(data.load("mnist", "test[:50]", **dataset_dirs).labels.sum())
   assert [int(out.strip().splitlines()[-1]) for out, _ in outputs] == [
       expected, expected]
+
+
+def test_channels_converts_grey_and_rgb():
+  grey = data.Split(images=np.arange(24, dtype=np.uint8).reshape(2, 3, 4, 1),
+                    labels=np.array([0, 1], np.int32), num_classes=2)
+  rgb = run_splits.with_channels(grey, 3)
+  assert rgb.image_shape == (3, 4, 3)
+  np.testing.assert_array_equal(rgb.images[..., 2], grey.images[..., 0])
+  back = run_splits.with_channels(rgb, 1)  # Equal channels: the same grey.
+  np.testing.assert_array_equal(back.images, grey.images)
+  assert run_splits.with_channels(grey, 0) is grey

@@ -49,8 +49,10 @@ class Config:
       "omniglot_lake, ...), a folder of photos (folder:PATH, one sub-folder "
       "per class) or a metric-learning benchmark (cub200, cars196, sop).")
   train_split: str = _setting(
-      "train", "Split to train on (and the references of the test queries).")
-  test_split: str = _setting("test", "Split whose images are evaluated.")
+      "train", "tensorflow-datasets: the split to train on (and the "
+      "references of the test queries).")
+  test_split: str = _setting(
+      "test", "tensorflow-datasets: the split whose images are evaluated.")
   data_dir: str | None = _setting(
       None, "Where tensorflow-datasets keeps prepared data (default: its "
       "own, ~/tensorflow_datasets).")

@@ -1,24 +1,28 @@
 """Evaluating an embedding network on the splits of a run.
 
-Composes the exact evaluations: retrieval metrics (`tripletjax.retrieval`)
-and few-shot episodes (`tripletjax.few_shot`). `Embedder` turns host images
+Composes the exact evaluations: retrieval metrics (`tripletjax.retrieval`),
+few-shot episodes (`tripletjax.few_shot`) and the NMI of a k-means
+clustering (`tripletjax.clustering`). `Embedder` turns host images
 into host embeddings in fixed-size batches; `evaluate` scores the test
 split's embeddings:
 
 * test images of classes trained on (``test_*``) query the train split;
 * those of classes never trained on (``unseen_*``: held out by
-  ``train_classes``, or absent from the train split as in Omniglot) query
-  each other, leave-one-out, and make the few-shot episodes.
+  ``train_classes``, or absent from the train split as in Omniglot and the
+  photo benchmarks) query each other, leave-one-out, are clustered
+  (``unseen_nmi``) and make the few-shot episodes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from absl import logging
 from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 
+from tripletjax import clustering
 from tripletjax import config as config_lib
 from tripletjax import few_shot
 from tripletjax import models
@@ -112,9 +116,20 @@ def evaluate(train_embeddings: np.ndarray | None, test_embeddings: np.ndarray,
     add("unseen", retrieval.retrieval_metrics(
         queries[~seen], unseen_labels, metric=config.metric,
         knn_ks=config.knn_ks))
+    results["unseen_nmi"] = clustering.nmi(unseen_labels, clustering.kmeans(
+        queries[~seen], len(np.unique(unseen_labels)), seed=config.seed,
+        metric=config.metric))
+    _, counts = np.unique(unseen_labels, return_counts=True)
     for shots in config.few_shot_shots:
-      add(f"unseen_{config.few_shot_ways}way_{shots}shot", few_shot.evaluate(
-          queries[~seen], unseen_labels, ways=config.few_shot_ways,
-          shots=shots, episodes=config.few_shot_episodes, metric=config.metric,
+      # Episodes need `ways` classes with shots + queries examples each.
+      ways = min(config.few_shot_ways, int(np.sum(
+          counts >= shots + few_shot.QUERIES_PER_CLASS)))
+      if ways < 2:
+        logging.warning("Too few unseen images per class for %d-shot "
+                        "episodes; none evaluated.", shots)
+        continue
+      add(f"unseen_{ways}way_{shots}shot", few_shot.evaluate(
+          queries[~seen], unseen_labels, ways=ways, shots=shots,
+          episodes=config.few_shot_episodes, metric=config.metric,
           seed=config.seed))
   return results

@@ -27,6 +27,7 @@ import numpy as np
 from tripletjax import distances
 
 METHODS = ("prototype", "nearest_neighbor")
+QUERIES_PER_CLASS = 15  # Query examples per class and episode, by default.
 
 
 def sample_episodes(labels: np.ndarray, *, ways: int, shots: int,
@@ -102,7 +103,8 @@ def episode_accuracies(support: jax.Array, query: jax.Array, *, metric: str
 
 
 def evaluate(embeddings: np.ndarray, labels: np.ndarray, *, ways: int,
-             shots: int, queries_per_class: int = 15, episodes: int = 1000,
+             shots: int, queries_per_class: int = QUERIES_PER_CLASS,
+             episodes: int = 1000,
              metric: str = "euclidean", seed: int = 0
              ) -> dict[str, float]:
   """Mean N-way K-shot accuracy over episodes, with 95% intervals.

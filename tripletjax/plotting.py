@@ -81,8 +81,17 @@ def project_2d(embeddings: np.ndarray) -> np.ndarray:
   return centred @ vt[:2].T
 
 
+def class_name(label: int, class_names: Sequence[str] | None) -> str:
+  """How a figure names class `label`: its name where known; ``?`` for an
+  unknown label (< 0)."""
+  if label < 0:
+    return "?"
+  return class_names[label] if class_names is not None else str(label)
+
+
 def embedding_projection(embeddings: np.ndarray, labels: np.ndarray,
-                         path: str, *, title: str = "") -> str:
+                         path: str, *, title: str = "",
+                         class_names: Sequence[str] | None = None) -> str:
   """The embeddings' first two principal components, coloured by class."""
   points = project_2d(embeddings)
   labels = np.asarray(labels)
@@ -92,7 +101,7 @@ def embedding_projection(embeddings: np.ndarray, labels: np.ndarray,
   for i, c in enumerate(classes):
     mine = labels == c
     ax.scatter(points[mine, 0], points[mine, 1], s=3, alpha=0.6,
-               color=cmap(i % cmap.N), label=str(c))
+               color=cmap(i % cmap.N), label=class_name(c, class_names))
   if len(classes) <= 20:
     ax.legend(markerscale=4, fontsize=8, loc="best", title="class")
   ax.set_title(title or "test embeddings, first two principal components")
@@ -130,10 +139,11 @@ def triplet_grid(anchors: np.ndarray, positives: np.ndarray,
 
 def retrieval_grid(query_images: np.ndarray, query_labels: np.ndarray,
                    neighbor_images: np.ndarray, neighbor_labels: np.ndarray,
-                   path: str, *, neighbor_distances: np.ndarray | None = None
-                   ) -> str:
+                   path: str, *, neighbor_distances: np.ndarray | None = None,
+                   class_names: Sequence[str] | None = None) -> str:
   """One row per query: the query, then its nearest references, framed
-  green where the label matches the query's and red where it does not.
+  green where the label matches the query's and red where it does not
+  (unframed where the query's label is unknown, < 0).
 
   Args:
     query_images: ``uint8 [Q, H, W, C]``.
@@ -142,20 +152,21 @@ def retrieval_grid(query_images: np.ndarray, query_labels: np.ndarray,
     neighbor_labels: ``[Q, k]``.
     path: the PNG to write.
     neighbor_distances: ``[Q, k]``, shown as titles.
+    class_names: the name of each label, shown instead of the label.
   """
   num_q, k = neighbor_labels.shape
   fig, axes = plt.subplots(num_q, k + 1, figsize=(1.4 * (k + 1), 1.5 * num_q),
                            squeeze=False)
   for q in range(num_q):
     _show_image(axes[q, 0], query_images[q],
-                title=f"query ({query_labels[q]})")
+                title=f"query ({class_name(query_labels[q], class_names)})")
     for j in range(k):
       right = neighbor_labels[q, j] == query_labels[q]
-      title = f"{neighbor_labels[q, j]}"
+      title = class_name(neighbor_labels[q, j], class_names)
       if neighbor_distances is not None:
         title += f", d={neighbor_distances[q, j]:.2f}"
-      _show_image(axes[q, j + 1], neighbor_images[q, j],
-                  _RIGHT if right else _WRONG, title)
+      border = None if query_labels[q] < 0 else _RIGHT if right else _WRONG
+      _show_image(axes[q, j + 1], neighbor_images[q, j], border, title)
   return _save(fig, path)
 
 

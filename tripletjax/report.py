@@ -73,7 +73,7 @@ def write_figures(workdir: str, embedder: Callable[[np.ndarray], np.ndarray],
   shown_embeddings = embeddings(test, test_embeddings, shown)
   paths.append(plotting.embedding_projection(
       shown_embeddings, test.labels[shown],
-      os.path.join(out, "embeddings_2d.png")))
+      os.path.join(out, "embeddings_2d.png"), class_names=train.class_names))
 
   positive, negative, d_ap, d_an, has_both = (np.asarray(v) for v in
                                               losses.hardest_triplets(
@@ -96,10 +96,10 @@ def write_figures(workdir: str, embedder: Callable[[np.ndarray], np.ndarray],
   if seen.all():
     references = embeddings(train, train_embeddings)
     reference_labels = train.labels
-    reference_images, exclude = train.images, False
+    reference_images, reference_rows, exclude = train.images, None, False
   else:
     references, reference_labels = shown_embeddings, test.labels[shown]
-    reference_images, exclude = test.images[shown], True
+    reference_images, reference_rows, exclude = test.images, shown, True
   k = min(5, len(references) - 1)
   d, index = neighbors.nearest_neighbors(
       references if exclude else shown_embeddings[queries],
@@ -107,8 +107,11 @@ def write_figures(workdir: str, embedder: Callable[[np.ndarray], np.ndarray],
   d, index = np.asarray(d), np.asarray(index)
   if exclude:
     d, index = d[queries], index[queries]
+  # Only the images shown are read (photos are read from the disk cache).
   paths.append(plotting.retrieval_grid(
-      test.images[shown][queries], test.labels[shown][queries],
-      reference_images[index], reference_labels[index],
-      os.path.join(out, "retrieval.png"), neighbor_distances=d))
+      test.images[shown[queries]], test.labels[shown][queries],
+      reference_images[index if reference_rows is None
+                       else reference_rows[index]], reference_labels[index],
+      os.path.join(out, "retrieval.png"), neighbor_distances=d,
+      class_names=train.class_names))
   return paths
