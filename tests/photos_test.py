@@ -193,7 +193,10 @@ def test_image_array_reads_like_an_array(tmp_path):
 @pytest.mark.parametrize("name, train_classes", [("cub200", 100),
                                                  ("cars196", 98),
                                                  ("sop", None)])
-def test_benchmarks_follow_their_protocol(name, train_classes, tmp_path):
+def test_benchmarks_follow_their_protocol(name, train_classes, tmp_path,
+                                          monkeypatch):
+  # The mocked dataset needs no files: no manual directory to look in.
+  monkeypatch.delenv(data.MANUAL_DIR_ENV, raising=False)
   config = config_lib.Config(dataset=name, image_size=16, resize_size=20,
                              data_dir=str(tmp_path))
   with tfds.testing.mock_data(num_examples=12):
