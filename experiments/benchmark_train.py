@@ -1,12 +1,14 @@
 r"""Speed of the train step and of embedding, on synthetic data.
 
-Two models, each at several batch sizes:
+Set-ups (--models), each at several batch sizes:
 
 * ``reference``: the reference CNN (conv 3x3 32 -> pool -> conv 3x3 64 ->
   pool -> dense 256 -> dense 64, L2-normalised), batch-hard loss, Adam, no
   augmentation: the network of the PyTorch comparison.
 * ``default``: the main job's model and settings (batch-all loss, random
-  shifts), at the same batch sizes.
+  shifts), at the same batch sizes;
+* ``resnet18``, ``resnet50``, ...: torchvision's ResNets with batch norm and
+  ImageNet input normalisation, batch-all, on RGB images of --image_size.
 
 Images/s of the train step is the median over timed windows after
 compilation. GFLOP/s counts the model's FLOPs, the same on every backend:
@@ -19,6 +21,8 @@ what the CPU is (`experiments.cpu_peak`: Zen 4 runs AVX-512 on 256-bit halves,
 
   python -m experiments.benchmark_train
   python -m experiments.benchmark_train --batch_sizes=256 --json=train.json
+  python -m experiments.benchmark_train --models=resnet18,resnet50 \
+      --image_size=64 --batch_sizes=32   # also 224; --dtype=bfloat16
 
 Expected (docs/performance.md): the reference CNN at about 3,300 images/s at
 batch 256 on two Zen 4 or Zen 5 cores with the XLA CPU flags; several
@@ -41,8 +45,9 @@ from tripletjax import config as config_lib
 from tripletjax import models
 from tripletjax import train
 
-_MODELS = flags.DEFINE_list("models", ["reference", "default"],
-                            "Which set-ups to time: reference, default.")
+_MODELS = flags.DEFINE_list(
+    "models", ["reference", "default"],
+    "Which set-ups to time: reference, default, or a ResNet's name.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["256", "512"],
                                  "Images per train step.")
 _WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows (median kept).")
@@ -54,8 +59,14 @@ _PEAK = flags.DEFINE_float(
     "CPUs from /proc/cpuinfo; none on accelerators).")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
 
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 0, "Images of this many pixels square, RGB (0: 28 x 28 "
+    "grey, MNIST's).")
+_DTYPE = flags.DEFINE_string("dtype", "float32",
+                             "What convolutions compute in: float32 or "
+                             "bfloat16.")
+
 _EXAMPLES_PER_CLASS = 16
-_IMAGE_SHAPE = (28, 28, 1)
 
 
 def setup(name: str, batch_size: int) -> config_lib.Config:
@@ -64,12 +75,22 @@ def setup(name: str, batch_size: int) -> config_lib.Config:
     raise ValueError(f"batch sizes must be multiples of "
                      f"{_EXAMPLES_PER_CLASS}, got {batch_size}.")
   pk = dict(classes_per_batch=batch_size // _EXAMPLES_PER_CLASS,
-            examples_per_class=_EXAMPLES_PER_CLASS)
+            examples_per_class=_EXAMPLES_PER_CLASS, dtype=_DTYPE.value)
   if name == "reference":
     return config_lib.Config(loss="batch_hard", augment_shift=0, **pk)
   if name == "default":
     return config_lib.Config(**pk)
-  raise ValueError(f"models must be reference or default, got {name!r}.")
+  if name.startswith("resnet"):  # Photo recipe, ImageNet normalisation.
+    return config_lib.Config(model=name, augment="none",
+                             input_norm="imagenet", **pk)
+  raise ValueError(f"models must be reference, default or a ResNet, got "
+                   f"{name!r}.")
+
+
+def image_shape() -> tuple[int, int, int]:
+  """28 x 28 grey images, or RGB ones of --image_size."""
+  size = _IMAGE_SIZE.value
+  return (size, size, 3) if size else (28, 28, 1)
 
 
 def model_flops_per_image(model, image_shape) -> float:
@@ -96,10 +117,10 @@ def model_flops_per_image(model, image_shape) -> float:
 def measure_step(config: config_lib.Config, windows: int,
                  steps_per_window: int) -> dict:
   """Compile time, FLOPs and images/s of the train step of `config`."""
-  graphdef, state, tx = train.initial_state(config, _IMAGE_SHAPE)
+  graphdef, state, tx = train.initial_state(config, image_shape())
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (config.batch_size,
-                                             *_IMAGE_SHAPE), np.uint8))
+                                             *image_shape()), np.uint8))
   labels = jnp.repeat(jnp.arange(config.classes_per_batch, dtype=jnp.int32),
                       config.examples_per_class)
   step = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx,
@@ -118,28 +139,30 @@ def measure_step(config: config_lib.Config, windows: int,
     rates.append(steps_per_window * config.batch_size /
                  (time.perf_counter() - start))
   images_per_second = statistics.median(rates)
-  flops = 3 * model_flops_per_image(
-      nnx.merge(graphdef, state.params), _IMAGE_SHAPE) * config.batch_size
+  model = nnx.merge(graphdef, state.params, state.batch_stats)
+  model.eval()  # Counting FLOPs traces it; training mode would update it.
+  flops = 3 * model_flops_per_image(model, image_shape()) * config.batch_size
   return {
       "compile_seconds": compile_seconds,
       "images_per_second": images_per_second,
       "step_ms": 1e3 * config.batch_size / images_per_second,
       "gflop_per_step": flops / 1e9,
       "gflops": flops / 1e9 * images_per_second / config.batch_size,
-      "params": state.params,
+      "state": state,
       "graphdef": graphdef,
   }
 
 
-def measure_embedding(graphdef, params, batch_size: int, num_images: int
+def measure_embedding(graphdef, state, batch_size: int, num_images: int
                       ) -> float:
   """Images/s of embedding `num_images` images in batches (after compiling)."""
-  images = jnp.zeros((batch_size, *_IMAGE_SHAPE), jnp.uint8)
-  jax.block_until_ready(models.embed(graphdef, params, images))
+  images = jnp.zeros((batch_size, *image_shape()), jnp.uint8)
+  jax.block_until_ready(models.embed(graphdef, state.params,
+                                     state.batch_stats, images))
   calls = max(1, num_images // batch_size)
   start = time.perf_counter()
   for _ in range(calls):
-    out = models.embed(graphdef, params, images)
+    out = models.embed(graphdef, state.params, state.batch_stats, images)
   jax.block_until_ready(out)
   return calls * batch_size / (time.perf_counter() - start)
 
@@ -156,7 +179,8 @@ def main(argv):
         f"{jax.device_count()} device(s); JAX {jax.__version__}; peak "
         f"{'unknown' if peak is None else f'{peak:.0f} GFLOP/s ({how})'}.")
   table = common.Table([
-      ("model", "model", ""), ("batch", "batch_size", "d"),
+      ("model", "model", ""), ("size", "image_size", "d"),
+      ("batch", "batch_size", "d"),
       ("images/s", "images_per_second", ".0f"), ("step (ms)", "step_ms", ".1f"),
       ("compile (s)", "compile_seconds", ".2f"),
       ("GFLOP/step", "gflop_per_step", ".2f"), ("GFLOP/s", "gflops", ".1f"),
@@ -167,9 +191,10 @@ def main(argv):
       config = setup(name, batch_size)
       result = measure_step(config, _WINDOWS.value, _STEPS.value)
       embed_rate = measure_embedding(
-          result.pop("graphdef"), result.pop("params"),
+          result.pop("graphdef"), result.pop("state"),
           config.eval_batch_size, _EVAL_IMAGES.value)
-      table.add({"model": name, "batch_size": batch_size, **result,
+      table.add({"model": name, "image_size": image_shape()[0],
+                 "batch_size": batch_size, **result,
                  "embed_images_per_second": embed_rate,
                  "fraction_of_peak": result["gflops"] / peak if peak else None,
                  "device": device.device_kind, "platform": device.platform})

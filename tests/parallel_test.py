@@ -42,12 +42,18 @@ STEP_SCRIPT = """
     images = rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8)
     labels = np.repeat(np.arange(8), 4).astype(np.int32)
     labels[[3, 30]] = -1  # Padding rows.
-    model = models.create("cnn", image_shape=(8, 8, 1), seed=0, widths=(4,),
-                          hidden_dim=16, embedding_dim=8)
-    graphdef, params = nnx.split(model)
     tx = optax.sgd(1.0)  # The update is minus the gradient.
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             opt_state=tx.init(params))
+
+    def network(image_shape, **settings):
+      # The graphdef and step-0 state of a tiny CNN.
+      graphdef, params, batch_stats = nnx.split(models.create(
+          "cnn", image_shape=image_shape, seed=0, widths=(4,), hidden_dim=16,
+          embedding_dim=8, **settings), nnx.Param, nnx.BatchStat)
+      return graphdef, train.TrainState(
+          step=jnp.zeros((), jnp.int32), params=params,
+          batch_stats=batch_stats, opt_state=tx.init(params))
+
+    graphdef, state = network((8, 8, 1))
 
     def run(config, how, images=images, graphdef=graphdef, state=state):
       step = functools.partial(train.train_step, graphdef=graphdef, tx=tx,
@@ -57,12 +63,12 @@ STEP_SCRIPT = """
       batch = images[:rows], labels[:rows]
       if how == "one":
         new, metrics = jax.jit(step)(state, *batch)
-        return float(metrics["loss"]), new.params
+        return float(metrics["loss"]), new
       devices = parallel.create(how)
       new, metrics = devices.compile(step)(
           devices.place_state(state), *devices.place_batch(*batch))
       return (float(devices.metrics(metrics)["loss"]),
-              devices.host_state(new).params)
+              devices.host_state(new))
 
     def close(a, b):
       return all(np.allclose(x, y, rtol=1e-4, atol=1e-6)
@@ -84,7 +90,7 @@ STEP_SCRIPT = """
       shard_losses = []
       for i in range(8):
         rows = slice(4 * i, 4 * i + 4)
-        emb = nnx.merge(graphdef, state.params)(
+        emb = nnx.merge(graphdef, state.params, state.batch_stats)(
             images[rows].astype(np.float32) / 255)
         shard_losses.append(float(train.compute_loss(
             emb, labels[rows], local)[0]))
@@ -114,12 +120,7 @@ STEP_SCRIPT = """
 
     # Photos stored at 12 pixels, randomly cropped to the network's 8.
     photos = rng.integers(0, 256, (32, 12, 12, 3), dtype=np.uint8)
-    photo_graphdef, photo_params = nnx.split(models.create(
-        "cnn", image_shape=(8, 8, 3), seed=0, widths=(4,), hidden_dim=16,
-        embedding_dim=8))
-    photo_state = train.TrainState(step=jnp.zeros((), jnp.int32),
-                                   params=photo_params,
-                                   opt_state=tx.init(photo_params))
+    photo_graphdef, photo_state = network((8, 8, 3))
     photo = dict(images=photos, graphdef=photo_graphdef, state=photo_state)
     config = config_lib.Config(loss="batch_all", margin=0.3, image_size=8,
                                augment="photo", augment_color=0.3)
@@ -131,12 +132,30 @@ STEP_SCRIPT = """
       assert np.isclose(other_loss, loss, rtol=1e-5), (how, loss, other_loss)
       assert close(other_params, params), how
     print("augmentation photo ok")
+
+    # Batch norm: the global batch's statistics under jit (padding rows
+    # left out), reduced across the devices under pmap.
+    config = config_lib.Config(loss="batch_all", margin=0.3, augment_shift=0)
+    bn_graphdef, bn_state = network((8, 8, 1), norm="batch")
+    pmap_graphdef, _ = network((8, 8, 1), norm="batch", axis_name="data")
+    loss, bn_new = run(config, "one", graphdef=bn_graphdef, state=bn_state)
+    assert not close(bn_new.batch_stats, bn_state.batch_stats)
+    for how, graph in (("jit", bn_graphdef), ("pmap", pmap_graphdef)):
+      other_loss, other = run(config, how, graphdef=graph, state=bn_state)
+      assert np.isclose(other_loss, loss, rtol=1e-5), (how, loss, other_loss)
+      assert close(other, bn_new), how
+    changed = images.copy()  # Other images in the padding rows: no effect.
+    changed[[3, 30]] = 255 - changed[[3, 30]]
+    same_loss, same = run(config, "one", images=changed, graphdef=bn_graphdef,
+                          state=bn_state)
+    assert np.isclose(same_loss, loss, rtol=1e-6) and close(same, bn_new)
+    print("batch norm ok")
 """
 
 
 def test_one_step_same_on_one_and_eight_devices():
   out = run_script(STEP_SCRIPT)
-  assert out.count(" ok") == len(config_lib.LOSS_NAMES) + 3, out
+  assert out.count(" ok") == len(config_lib.LOSS_NAMES) + 4, out
 
 
 def test_batch_all_with_a_global_batch_of_8192_on_eight_devices():

@@ -280,3 +280,35 @@ def test_each_bad_flag_gives_a_one_line_error(dataset_dirs, tmp_path):
     errors = [l for l in output.splitlines() if l.startswith("Error: ")]
     assert len(errors) == 1 and re.search(pattern, errors[0]), (
         flag, output[-2000:])
+
+
+def test_checkpoint_from_before_batch_statistics_resumes(dataset_dirs,
+                                                         tmp_path):
+  """A run checkpointed when the train state had no batch statistics (as
+  the networks without batch norm still have none) resumes from it."""
+  from flax import struct  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  @struct.dataclass
+  class Earlier:
+    step: jax.Array
+    params: object
+    opt_state: optax.OptState
+
+  config = train_test.tiny_config(dataset_dirs, steps=6, checkpoint_every=0)
+  train.train_and_evaluate(config.replace(steps=3), str(tmp_path / "first"))
+  state = checkpointing.Checkpointer(
+      str(tmp_path / "first" / "checkpoints"), keep=3)
+  _, like, _ = train.initial_state(config, (28, 28, 1))
+  saved = state.restore(3, like)
+  state.close()
+  manager = ocp.CheckpointManager(
+      str(tmp_path / "old" / "checkpoints"),
+      options=ocp.CheckpointManagerOptions(create=True))
+  manager.save(3, args=ocp.args.StandardSave(Earlier(
+      step=saved.step, params=saved.params, opt_state=saved.opt_state)))
+  manager.wait_until_finished()
+  manager.close()
+  results = train.train_and_evaluate(config, str(tmp_path / "old"))
+  assert results["steps"] == 6 and results["steps_this_run"] == 3

@@ -121,3 +121,33 @@ def test_retrieve_a_photo_by_class_name(photo_run, tmp_path):
   result = run_script("experiments.retrieve", f"--workdir={workdir}",
                       f"--images={broken}")
   assert result.returncode == 2 and "Cannot read image file" in result.stderr
+
+
+def test_embed_a_folder_with_published_weights(tmp_path):
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
+  from tests import weights_test  # pylint: disable=g-import-not-at-top
+  from tripletjax import models  # pylint: disable=g-import-not-at-top
+  from tripletjax.data import images as images_lib  # pylint: disable=g-import-not-at-top
+  shapes.write_folder(str(tmp_path / "photos"), classes=2, per_class=3)
+  source = models.create("resnet18", image_shape=(32, 32, 3), seed=3,
+                         input_norm="imagenet")
+  safetensors_numpy.save_file(weights_test.torchvision_state_dict(source),
+                              str(tmp_path / "r18.safetensors"))
+  result = run_script(
+      "experiments.embed", "--model=resnet18", "--image_size=32",
+      f"--init_from={tmp_path / 'r18.safetensors'}",
+      f"--images={tmp_path / 'photos'}", f"--output={tmp_path / 'out.npz'}",
+      "--batch_size=4")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Embedded 6 images" in result.stdout and "512-d" in result.stdout
+  saved = np.load(tmp_path / "out.npz")
+  assert list(saved["paths"]) == sorted(saved["paths"])
+  # The same features computed here from the source network.
+  graphdef, params, stats = nnx.split(source, nnx.Param, nnx.BatchStat)
+  first = images_lib.decode_file(str(tmp_path / "photos" / saved["paths"][0]),
+                                 size=32, channels=3)
+  want = models.embed(graphdef, params, stats, first[None], True)
+  np.testing.assert_allclose(saved["embeddings"][0], want[0], rtol=1e-4,
+                             atol=1e-5)
+  assert saved["embeddings"].shape == (6, 512)

@@ -1,8 +1,10 @@
 """End-to-end training on a slice of real MNIST with a tiny CNN."""
 
+import functools
 import json
 import os
 
+from flax import nnx
 import jax
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from tripletjax import data
 from tripletjax import sampling
 from tripletjax import train
 from tripletjax import workdir
+from tripletjax.models import weights
 
 
 def tiny_config(dataset_dirs, **changes):
@@ -182,3 +185,26 @@ def test_label_free_views_train_and_evaluate(tmp_path):
   assert lines[0]["num_triplets"] == 12 * 2 * 9
   with pytest.raises(ValueError, match="positives=augmented needs"):
     config_lib.validate(config.replace(augment="none"))
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_freeze_bn_keeps_batch_norm_fixed(freeze_bn):
+  config = config_lib.Config(
+      norm="batch", freeze_bn=freeze_bn, widths=(4,), hidden_dim=16,
+      embedding_dim=8, warmup_steps=0, steps=10, augment_shift=0,
+      learning_rate=0.1)
+  graphdef, state, tx = train.initial_state(config, (8, 8, 1))
+  images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), np.uint8)
+  labels = np.repeat(np.arange(4), 2).astype(np.int32)
+  step = jax.jit(functools.partial(train.train_step, graphdef=graphdef,
+                                   tx=tx, config=config))
+  new, _ = step(state, images, labels)
+  mask = weights.batch_norm_mask(nnx.merge(graphdef, state.params,
+                                           state.batch_stats), state.params)
+  for frozen, before, after in zip(jax.tree.leaves(mask),
+                                   jax.tree.leaves(state.params),
+                                   jax.tree.leaves(new.params)):
+    assert np.array_equal(before, after) == (frozen and freeze_bn)
+  stats_equal = all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(state.batch_stats), jax.tree.leaves(new.batch_stats)))
+  assert stats_equal == freeze_bn

@@ -44,9 +44,12 @@ class Checkpointer:
       logging.info("Saving checkpoint of step %d.", step)
 
   def restore(self, step: int, like: Any) -> Any:
-    """The state saved at `step`, with the structure and dtypes of `like`."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    """The state saved at `step`, with the structure and dtypes of `like`.
+
+    Parts of `like` without arrays need not be in the checkpoint: a run
+    saved before the train state had them (batch statistics) resumes.
+    """
+    return _restore(self.directory, step, like)
 
   def restore_latest(self, like: Any) -> tuple[int, Any] | None:
     """The newest checkpoint that can be read, as ``(step, state)``.
@@ -81,34 +84,44 @@ class Checkpointer:
     self._manager.close()
 
 
-def restore_params(directory: str, like: Any) -> tuple[int, Any]:
-  """The parameters of the newest readable checkpoint in `directory`.
-
-  Reads the ``params`` entry of a saved train state alone (none of the
-  optimiser state), with the structure and dtypes of `like`. A checkpoint
-  that cannot be read is skipped with a warning (and left where it is).
-
-  Returns:
-    ``(step, params)``.
-
-  Raises:
-    FileNotFoundError: `directory` holds no readable checkpoint.
-  """
-  abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+def _restore(directory: str, step: int, like: Any) -> Any:
+  """Restores the part of checkpoint `step` that `like` describes (as NumPy
+  arrays), through Orbax's partial restore."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
   args = ocp.args.PyTreeRestore(
       abstract, restore_args=jax.tree.map(
           lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract),
       partial_restore=True)
-  manager = ocp.CheckpointManager(os.path.abspath(directory),
-                                  item_handlers=ocp.PyTreeCheckpointHandler())
+  reader = ocp.CheckpointManager(directory,
+                                 item_handlers=ocp.PyTreeCheckpointHandler())
   try:
-    for step in sorted(manager.all_steps(), reverse=True):
-      try:
-        return step, manager.restore(step, args=args)["params"]
-      except Exception as e:  # Orbax and TensorStore raise many types.
-        logging.warning("The checkpoint of step %d in %s cannot be read "
-                        "(%s); trying the previous one.", step, directory,
-                        type(e).__name__)
+    return reader.restore(step, args=args)
   finally:
-    manager.close()
+    reader.close()
+
+
+def restore_entries(directory: str, like: dict[str, Any]
+                    ) -> tuple[int, dict[str, Any]]:
+  """Entries of the newest readable checkpoint in `directory` alone (the
+  network's parameters and batch statistics, none of the optimiser's state),
+  with the structure and dtypes of ``like`` (``{entry: tree}``). A
+  checkpoint that cannot be read is skipped with a warning (and left where
+  it is).
+
+  Returns:
+    ``(step, {entry: tree})``.
+
+  Raises:
+    FileNotFoundError: `directory` holds no readable checkpoint.
+  """
+  directory = os.path.abspath(directory)
+  steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(
+      directory) else []
+  for step in sorted(steps, reverse=True):
+    try:
+      return step, _restore(directory, step, like)
+    except Exception as e:  # Orbax and TensorStore raise many types.
+      logging.warning("The checkpoint of step %d in %s cannot be read "
+                      "(%s); trying the previous one.", step, directory,
+                      type(e).__name__)
   raise FileNotFoundError(f"{directory!r} holds no readable checkpoint.")

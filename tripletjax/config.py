@@ -82,7 +82,26 @@ class Config:
       "few-shot episodes).")
   # Model.
   model: str = _setting(
-      "cnn", f"Embedding network: {', '.join(models.MODELS)}.")
+      "cnn", f"Embedding network: {', '.join(models.MODELS)} (the _small "
+      "ResNets: a 3x3 stem without max-pool, for 28-64 pixel inputs).")
+  init_from: str = _setting(
+      "", "A safetensors file of torchvision or timm ResNet weights (conv1."
+      "weight, layer1.0.bn1.running_mean, ...) to start the backbone from; "
+      "the embedding head starts fresh.")
+  input_norm: str = _setting(
+      "unit", "Input normalisation: unit (pixels in [0, 1]) or imagenet "
+      "(ImageNet's mean and standard deviation, for pretrained weights).")
+  norm: str = _setting(
+      "none", "CNN: a normalisation layer after each convolution: none, "
+      "batch, group or layer. (The ResNets have batch norm.)")
+  freeze_bn: bool = _setting(
+      False, "Keep batch norm's running statistics, scale and bias fixed "
+      "(the usual choice when fine-tuning pretrained weights with small "
+      "P x K batches).")
+  dtype: str = _setting(
+      "float32", "What convolutions and matrix products compute in: float32 "
+      "or bfloat16 (parameters, optimiser, embeddings and the loss stay "
+      "float32).")
   embedding_dim: int = _setting(64, "Size of the embedding.")
   widths: tuple[int, ...] = _setting(
       (32, 64), "CNN: conv widths (one 2x2 pooling each); MLP: hidden "
@@ -195,7 +214,9 @@ class Config:
     """The keyword arguments of `tripletjax.models.create` for this run."""
     return dict(widths=self.widths, hidden_dim=self.hidden_dim,
                 embedding_dim=self.embedding_dim,
-                normalize=self.normalize_embeddings)
+                normalize=self.normalize_embeddings, norm=self.norm,
+                freeze_bn=self.freeze_bn, input_norm=self.input_norm,
+                dtype=self.dtype)
 
   def replace(self, **changes: Any) -> Config:
     return dataclasses.replace(self, **changes)
@@ -299,6 +320,17 @@ def validate(config: Config) -> Config:
            f"{c.small_classes!r}.")
   _require(c.augment in AUGMENTATIONS,
            f"augment must be one of {AUGMENTATIONS}, got {c.augment!r}.")
+  _require(c.norm in models.NORMS,
+           f"norm must be one of {models.NORMS}, got {c.norm!r}.")
+  _require(c.input_norm in models.INPUT_NORMS,
+           f"input_norm must be one of {tuple(models.INPUT_NORMS)}, got "
+           f"{c.input_norm!r}.")
+  _require(c.dtype in models.DTYPES,
+           f"dtype must be one of {tuple(models.DTYPES)}, got {c.dtype!r}.")
+  _require(not c.init_from or c.model.startswith("resnet"),
+           f"init_from loads ResNet weights; model is {c.model!r}.")
+  _require(not c.init_from or os.path.isfile(c.init_from),
+           f"init_from {c.init_from!r} is not a file.")
   _require(c.positives in POSITIVES,
            f"positives must be one of {POSITIVES}, got {c.positives!r}.")
   _require(c.positives == "labels" or (

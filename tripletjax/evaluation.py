@@ -43,6 +43,7 @@ class Embedder:
   """
   graphdef: nnx.GraphDef
   params: nnx.State
+  batch_stats: nnx.State
   batch_size: int
   input_size: int
 
@@ -56,7 +57,7 @@ class Embedder:
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]),
                                                 chunk.dtype)])
-      out.append(models.embed(self.graphdef, self.params,
+      out.append(models.embed(self.graphdef, self.params, self.batch_stats,
                               chunk)[:self.batch_size - pad])
     return np.asarray(jnp.concatenate(out)) if out else np.zeros((0, 0))
 

@@ -34,6 +34,7 @@ from tripletjax import sampling
 from tripletjax import workdir as workdir_lib
 from tripletjax import writers
 from tripletjax.data import augment
+from tripletjax.models import weights
 
 Config = config_lib.Config
 
@@ -43,21 +44,30 @@ class TrainState:
   """Everything that changes during training; a pytree of arrays."""
   step: jax.Array  # int32 scalar: number of updates applied.
   params: nnx.State
+  batch_stats: nnx.State  # Batch norm's running averages (empty without).
   opt_state: optax.OptState
 
 
 # --------------------------------------------------------------------------
 # Pure functions of the step.
 # --------------------------------------------------------------------------
-def make_optimizer(config: Config) -> optax.GradientTransformation:
-  """Adam(W) with linear warm-up and cosine decay to 1% of the peak rate."""
+def make_optimizer(config: Config, frozen=None
+                   ) -> optax.GradientTransformation:
+  """Adam(W) with linear warm-up and cosine decay to 1% of the peak rate.
+
+  Args:
+    config: the learning rate, warm-up, steps and weight decay.
+    frozen: a pytree of bools like the parameters: those never updated.
+  """
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate,
       warmup_steps=config.warmup_steps, decay_steps=config.steps,
       end_value=config.learning_rate * 0.01)
-  if config.weight_decay:
-    return optax.adamw(schedule, weight_decay=config.weight_decay)
-  return optax.adam(schedule)
+  tx = (optax.adamw(schedule, weight_decay=config.weight_decay)
+        if config.weight_decay else optax.adam(schedule))
+  if frozen is not None:
+    tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
+  return tx
 
 
 def compute_loss(embeddings: jax.Array, labels: jax.Array, config: Config, *,
@@ -105,7 +115,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     state: the train state.
     images: ``uint8 [B, H, W, C]``.
     labels: ``int32 [B]``, < 0 for padding rows.
-    graphdef: the model's structure (from `nnx.split`).
+    graphdef: the model's structure (from `initial_state`).
     tx: the optimiser.
     config: loss, margin, metric, mining scope, augmentation and seed.
     mesh: under `jax.jit` over a mesh of several devices: the batch is
@@ -130,13 +140,16 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
         functools.partial(compute_loss, config=config, axis_name=axis),
         mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P())
 
-  def loss_fn(params):
-    model = nnx.merge(graphdef, params)
+  def loss_fn(params, batch_stats):
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
     x = augment.apply(models.preprocess(images), key, config, **rows)
-    return loss_of(model(x), labels)
+    # Padding rows take no part in batch statistics either.
+    loss, metrics = loss_of(model(x, (labels >= 0)[:, None, None, None]),
+                            labels)
+    return loss, (metrics, nnx.state(model, nnx.BatchStat))
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  (loss, (metrics, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params, state.batch_stats)
   if axis_name is not None:
     # Each device holds the gradient of the (global) loss through its own
     # images; their mean is the gradient of the loss.
@@ -145,17 +158,28 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
   params = optax.apply_updates(state.params, updates)
   metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
   return TrainState(step=state.step + 1, params=params,
-                    opt_state=opt_state), metrics
+                    batch_stats=batch_stats, opt_state=opt_state), metrics
 
 
 def initial_state(config: Config, image_shape: tuple[int, int, int]
-                  ) -> tuple[nnx.GraphDef, TrainState, optax.GradientTransformation]:
-  """The model's structure, the step-0 train state and the optimiser."""
-  graphdef, params = nnx.split(models.create(
+                  ) -> tuple[nnx.GraphDef, TrainState,
+                             optax.GradientTransformation]:
+  """The model's structure, the step-0 train state and the optimiser.
+
+  The backbone starts from ``config.init_from`` where given; under pmap,
+  batch norm reduces its statistics across the devices.
+  """
+  model = models.create(
       config.model, image_shape=image_shape, seed=config.seed,
-      **config.model_settings()))
-  tx = make_optimizer(config)
+      axis_name=(parallel.DATA_AXIS if config.parallelism == "pmap"
+                 else None), **config.model_settings())
+  if config.init_from:
+    weights.load_torchvision(model, config.init_from)
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  tx = make_optimizer(config, weights.batch_norm_mask(model, params)
+                      if config.freeze_bn else None)
   return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                              batch_stats=batch_stats,
                               opt_state=tx.init(params)), tx
 
 
@@ -227,9 +251,9 @@ def train_and_evaluate(
                                               tx=tx, config=config))
 
   def evaluate_now():  # The current params, copied to the host once.
-    embedder = evaluation.Embedder(graphdef, jax.device_get(
-        devices.host_state(state).params), config.eval_batch_size,
-                                   image_shape[0])
+    host = jax.device_get(devices.host_state(state))
+    embedder = evaluation.Embedder(graphdef, host.params, host.batch_stats,
+                                   config.eval_batch_size, image_shape[0])
     return (embedder,
             *evaluation.evaluate_network(embedder, train, test, config))
 

@@ -92,7 +92,7 @@ class TrainedRun:
     config: its settings.
     step: the step of the checkpoint.
     image_shape: ``(H, W, C)`` of the images the network takes.
-    graphdef, params: the network (`nnx.split` of it).
+    graphdef, params, batch_stats: the network (`nnx.split` of it).
   """
   workdir: str
   config: config_lib.Config
@@ -100,12 +100,13 @@ class TrainedRun:
   image_shape: tuple[int, int, int]
   graphdef: nnx.GraphDef
   params: nnx.State
+  batch_stats: nnx.State
 
   @property
   def embedder(self) -> Embedder:
     """``uint8 [N, H, W, C]`` host images -> ``[N, D]`` host embeddings."""
-    return Embedder(self.graphdef, self.params, self.config.eval_batch_size,
-                    self.image_shape[0])
+    return Embedder(self.graphdef, self.params, self.batch_stats,
+                    self.config.eval_batch_size, self.image_shape[0])
 
 
 def restore(workdir: str) -> TrainedRun:
@@ -124,10 +125,12 @@ def restore(workdir: str) -> TrainedRun:
         "record it.")
   with open(path, encoding="utf-8") as f:
     image_shape = tuple(json.load(f)["image_shape"])
-  graphdef, like = nnx.split(models.create(
+  graphdef, params, batch_stats = nnx.split(models.create(
       config.model, image_shape=image_shape, seed=config.seed,
-      **config.model_settings()))
-  step, params = checkpointing.restore_params(
-      os.path.join(workdir, "checkpoints"), like)
+      **config.model_settings()), nnx.Param, nnx.BatchStat)
+  step, restored = checkpointing.restore_entries(
+      os.path.join(workdir, "checkpoints"),
+      {"params": params, "batch_stats": batch_stats})
   return TrainedRun(workdir=workdir, config=config, step=step,
-                    image_shape=image_shape, graphdef=graphdef, params=params)
+                    image_shape=image_shape, graphdef=graphdef,
+                    **restored)

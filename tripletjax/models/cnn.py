@@ -1,14 +1,7 @@
-"""Embedding networks (Flax NNX), chosen by name, and the embedding function.
-
-Each network maps a batch of images ``[B, H, W, C]`` (float, already
-`preprocess`-ed) to embeddings ``[B, embedding_dim]``, L2-normalised unless
-told otherwise. `embed` is the whole function from ``uint8`` images to
-embeddings, the one that evaluation and export use.
-"""
+"""The small networks for digits: a CNN and a tanh MLP (Flax NNX)."""
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 from flax import nnx
@@ -16,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from tripletjax import distances
+from tripletjax.models.batch_norm import BatchNorm
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -40,21 +34,47 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+NORMS = ("none", "batch", "group", "layer")
+
+
+def _norm_layer(kind: str, features: int, *, freeze_bn: bool,
+                axis_name: str | None, rngs: nnx.Rngs) -> nnx.Module | None:
+  """A normalisation layer over `features` channels, by `NORMS` name."""
+  if kind == "batch":
+    return BatchNorm(features, momentum=0.9, use_running_average=freeze_bn,
+                     axis_name=axis_name, rngs=rngs)
+  if kind == "group":  # Groups of 8 channels, at least one group.
+    return nnx.GroupNorm(features, num_groups=max(1, features // 8),
+                         rngs=rngs)
+  if kind == "layer":
+    return nnx.LayerNorm(features, rngs=rngs)
+  return None
+
+
 class CNN(nnx.Module):
   """3x3 convolutions with ReLU and 2x2 max-pooling, then two dense layers.
 
   With the defaults this is the reference network of the benchmarks:
-  conv 32 -> pool -> conv 64 -> pool -> dense 256 -> dense 64.
+  conv 32 -> pool -> conv 64 -> pool -> dense 256 -> dense 64. `norm` puts
+  a normalisation layer after each convolution (batch norm's statistics
+  leave out the rows `mask` excludes).
   """
 
   def __init__(self, *, in_channels: int, image_size: tuple[int, int],
                widths: Sequence[int] = (32, 64), hidden_dim: int = 256,
                embedding_dim: int = 64, normalize: bool = True,
-               rngs: nnx.Rngs):
+               norm: str = "none", freeze_bn: bool = False,
+               axis_name: str | None = None, dtype=None, rngs: nnx.Rngs):
+    if norm not in NORMS:
+      raise ValueError(f"norm must be one of {NORMS}, got {norm!r}.")
     channels = (in_channels, *widths)
     self.convs = nnx.List([
-        nnx.Conv(c_in, c_out, kernel_size=(3, 3), padding="SAME", rngs=rngs)
+        nnx.Conv(c_in, c_out, kernel_size=(3, 3), padding="SAME", dtype=dtype,
+                 rngs=rngs)
         for c_in, c_out in zip(channels[:-1], channels[1:])])
+    self.norms = nnx.List([
+        _norm_layer(norm, c, freeze_bn=freeze_bn, axis_name=axis_name,
+                    rngs=rngs) for c in widths])
     height, width = image_size
     for _ in widths:
       height, width = height // 2, width // 2
@@ -63,15 +83,21 @@ class CNN(nnx.Module):
           f"{len(widths)} pooling stages reduce images of size {image_size} "
           "to nothing; use fewer widths.")
     self.hidden = nnx.Linear(height * width * widths[-1], hidden_dim,
-                             rngs=rngs)
+                             dtype=dtype, rngs=rngs)
     self.out = nnx.Linear(hidden_dim, embedding_dim, rngs=rngs)
     self.normalize = normalize
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for conv in self.convs:
-      x = max_pool_2x2(nnx.relu(conv(x)))
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None
+               ) -> jax.Array:
+    for conv, norm in zip(self.convs, self.norms):
+      x = conv(x)
+      if isinstance(norm, nnx.BatchNorm):
+        x = norm(x, mask=mask)
+      elif norm is not None:
+        x = norm(x)
+      x = max_pool_2x2(nnx.relu(x))
     x = nnx.relu(self.hidden(x.reshape(x.shape[0], -1)))
-    x = self.out(x)
+    x = self.out(x.astype(jnp.float32))
     return distances.l2_normalize(x) if self.normalize else x
 
 
@@ -80,59 +106,19 @@ class MLP(nnx.Module):
 
   def __init__(self, *, in_channels: int, image_size: tuple[int, int],
                widths: Sequence[int] = (256,), embedding_dim: int = 64,
-               normalize: bool = True, rngs: nnx.Rngs, **unused):
-    del unused  # CNN-only settings (hidden_dim).
+               normalize: bool = True, dtype=None, rngs: nnx.Rngs, **unused):
+    del unused  # The CNN's settings (hidden_dim, norm).
     sizes = (image_size[0] * image_size[1] * in_channels, *widths)
-    self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs)
+    self.layers = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
                             for a, b in zip(sizes[:-1], sizes[1:])])
     self.out = nnx.Linear(sizes[-1], embedding_dim, rngs=rngs)
     self.normalize = normalize
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None
+               ) -> jax.Array:
+    del mask  # No batch statistics.
     x = x.reshape(x.shape[0], -1)
     for layer in self.layers:
       x = jnp.tanh(layer(x))
-    x = self.out(x)
+    x = self.out(x.astype(jnp.float32))
     return distances.l2_normalize(x) if self.normalize else x
-
-
-MODELS = {"cnn": CNN, "mlp": MLP}
-
-
-def preprocess(images: jax.Array) -> jax.Array:
-  """``uint8`` images to the networks' input: ``float32`` in ``[0, 1]``."""
-  return images.astype(jnp.float32) / 255.0
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def embed(graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array
-          ) -> jax.Array:
-  """``uint8 [B, H, W, C]`` images to ``[B, D]`` embeddings.
-
-  Args:
-    graphdef: the network's structure (from `nnx.split`); equal structures
-      share one compilation.
-    params: its parameters.
-    images: ``uint8 [B, H, W, C]``.
-  """
-  return nnx.merge(graphdef, params)(preprocess(images))
-
-
-def create(name: str, *, image_shape: tuple[int, int, int], seed: int,
-           **settings) -> nnx.Module:
-  """Builds the model `name` for images of `image_shape` ``(H, W, C)``.
-
-  Args:
-    name: a key of `MODELS`.
-    image_shape: ``(height, width, channels)`` of the input images.
-    seed: seed of the parameter initialisation.
-    **settings: the model's keyword arguments (widths, embedding_dim, ...).
-
-  Returns:
-    The initialised module.
-  """
-  if name not in MODELS:
-    raise ValueError(f"model must be one of {tuple(MODELS)}, got {name!r}.")
-  height, width, channels = image_shape
-  return MODELS[name](in_channels=channels, image_size=(height, width),
-                      rngs=nnx.Rngs(seed), **settings)
