@@ -10,6 +10,7 @@ import numpy as np
 from tripletjax import distances
 from tripletjax import models
 from tripletjax.models import cnn
+from tripletjax.models import resnet
 
 
 class ModelsTest(parameterized.TestCase):
@@ -97,6 +98,33 @@ class ResNetTest(parameterized.TestCase):
     unmasked = nnx.merge(graphdef, params, stats)(x)
     self.assertFalse(np.allclose(unmasked[keep], out[keep], atol=1e-4))
 
+  @parameterized.parameters(((2, 2), 1), ((1, 1), 1), ((4, 4), 2), ((3, 5), 2),
+                            ((8, 8), 2))
+  def test_small_maps_convolve_as_patches_with_the_same_result(self, hw,
+                                                               stride):
+    """Where the output is smaller than the kernel the ResNets' convolution is
+    a product of patches (XLA's CPU convolution is slow there): the same
+    outputs and gradients as `jax.lax.conv_general_dilated`."""
+    x = jax.random.normal(jax.random.key(0), (3, *hw, 5))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 5, 7))
+    dims = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv, x, w):
+      y = conv(x, w, (stride, stride), ((1, 1), (1, 1)),
+               dimension_numbers=dims)
+      return jnp.sum(jnp.sin(y)), y
+
+    grad = lambda conv: jax.grad(loss, argnums=(1, 2), has_aux=True)(
+        conv, x, w)
+    (gx, gw), y = grad(resnet.conv_general_dilated)
+    (want_gx, want_gw), want_y = grad(jax.lax.conv_general_dilated)
+    for got, want in ((y, want_y), (gx, want_gx), (gw, want_gw)):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(lambda x: resnet.conv_general_dilated(
+        x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=dims))(x))
+    out = [(n + 2 - 3) // stride + 1 for n in hw]
+    self.assertEqual("dot_general" in jaxpr, min(out) < 3)
+
   def test_evaluation_uses_running_averages(self):
     """In evaluation an image's embedding does not depend on its batch."""
     model = models.create("resnet18_small", image_shape=(8, 8, 3), seed=0)
@@ -134,9 +162,6 @@ class ResNetTest(parameterized.TestCase):
     self.assertLess(float(jnp.max(jnp.abs(got - want))), 0.05)
 
 
-if __name__ == "__main__":
-  absltest.main()
-
 
 class BatchNormTest(absltest.TestCase):
 
@@ -153,3 +178,7 @@ class BatchNormTest(absltest.TestCase):
                                rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(norm.mean[...], 0.1 * mean, rtol=1e-5)
     np.testing.assert_allclose(norm.var[...], 0.9 + 0.1 * var, rtol=1e-5)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -43,6 +43,39 @@ WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4  # A bottleneck's output channels per width.
 
 
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides,
+                         padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs) -> jax.Array:
+  """`jax.lax.conv_general_dilated` for NHWC inputs and HWIO kernels; where
+  the output map is smaller than the kernel, as image patches times the
+  kernel's matrix, the same numbers. There XLA's CPU convolution, or its
+  gradient, takes 10 to 40 times longer (32 maps of 2 x 2 x 512 through a
+  3 x 3 convolution, a ResNet's last stage at 64 pixels: 181 ms against
+  5.1 ms forward, 366 against 13 ms for the gradients; 4 x 4 x 512 with stride
+  2: 240 against 23 ms for the gradients, on two Zen 5 cores); elsewhere the
+  patches are the slower way."""
+  kh, kw = rhs.shape[:2]
+  small = not isinstance(padding, str) and any(
+      (size + lo + hi - k) // stride + 1 < k
+      for size, (lo, hi), k, stride in zip(lhs.shape[1:3], padding, (kh, kw),
+                                           window_strides))
+  plain = (not small or feature_group_count != 1
+           or any(d != 1 for d in (lhs_dilation or ()) + (rhs_dilation or ())))
+  if plain:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+        dimension_numbers, feature_group_count, precision=precision,
+        **kwargs)
+  kwargs.pop("out_sharding", None)
+  # Patch features are ordered (input channel, kernel row, kernel column).
+  patches = jax.lax.conv_general_dilated_patches(
+      lhs, (kh, kw), window_strides, padding,
+      dimension_numbers=dimension_numbers, precision=precision)
+  matrix = jnp.transpose(rhs, (2, 0, 1, 3)).reshape(-1, rhs.shape[3])
+  return jnp.dot(patches, matrix, precision=precision, **kwargs)
+
+
 class _Layers:
   """Builds the convolutions and batch norms of one network alike."""
 
@@ -56,7 +89,8 @@ class _Layers:
     pad = kernel // 2
     return nnx.Conv(c_in, c_out, (kernel, kernel), strides=(stride, stride),
                     padding=((pad, pad), (pad, pad)), use_bias=False,
-                    dtype=self.dtype, rngs=self.rngs)
+                    dtype=self.dtype, rngs=self.rngs,
+                    conv_general_dilated=conv_general_dilated)
 
   def norm(self, features: int) -> BatchNorm:
     # PyTorch's momentum 0.1 weighs the new batch; Flax's weighs the old.
