@@ -22,7 +22,8 @@ what the CPU is (`experiments.cpu_peak`: Zen 4 runs AVX-512 on 256-bit halves,
   python -m experiments.benchmark_train
   python -m experiments.benchmark_train --batch_sizes=256 --json=train.json
   python -m experiments.benchmark_train --models=resnet18,resnet50 \
-      --image_size=64 --batch_sizes=32   # also 224; --dtype=bfloat16
+      --image_size=64 --batch_sizes=32 --eval_batch_size=64
+      # also --image_size=224 --batch_sizes=16; --dtype=bfloat16
 
 Expected (docs/performance.md): the reference CNN at about 3,300 images/s at
 batch 256 on two Zen 4 or Zen 5 cores with the XLA CPU flags; several
@@ -54,6 +55,10 @@ _WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows (median kept).")
 _STEPS = flags.DEFINE_integer("steps_per_window", 20, "Steps per window.")
 _EVAL_IMAGES = flags.DEFINE_integer(
     "eval_images", 10240, "Images embedded to time evaluation.")
+_EVAL_BATCH_SIZE = flags.DEFINE_integer(
+    "eval_batch_size", 0, "Images per embedding call (0: the main job's "
+    "--eval_batch_size, 1,024; a ResNet-50 at 224 pixels needs about 20 GB "
+    "for that many).")
 _PEAK = flags.DEFINE_float(
     "peak_gflops", None, "The device's peak GFLOP/s (default: estimated for "
     "CPUs from /proc/cpuinfo; none on accelerators).")
@@ -192,7 +197,8 @@ def main(argv):
       result = measure_step(config, _WINDOWS.value, _STEPS.value)
       embed_rate = measure_embedding(
           result.pop("graphdef"), result.pop("state"),
-          config.eval_batch_size, _EVAL_IMAGES.value)
+          _EVAL_BATCH_SIZE.value or config.eval_batch_size,
+          _EVAL_IMAGES.value)
       table.add({"model": name, "image_size": image_shape()[0],
                  "batch_size": batch_size, **result,
                  "embed_images_per_second": embed_rate,
