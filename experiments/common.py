@@ -132,15 +132,17 @@ def _quiet_orbax(record) -> bool:
   return "orbax" not in record.pathname or record.levelno >= std_logging.WARNING
 
 
-def run(main: Callable[[list[str]], Any]) -> None:
+def run(main: Callable[[list[str]], Any], *,
+        positional_args: bool = False) -> None:
   """`app.run`, with the fast XLA CPU flags (`tripletjax.xla_cpu`) and bad
   settings reported in one line instead of a trace. Every script of
-  `experiments/` starts through it."""
+  `experiments/` starts through it. Arguments other than flags are refused
+  unless the script takes them (`positional_args`)."""
   def guarded(argv):
     logging.get_absl_handler().addFilter(_quiet_orbax)
     xla_cpu.use_fast_cpu_flags()  # Before `main` starts JAX; logs from here.
     try:
-      if len(argv) > 1:
+      if len(argv) > 1 and not positional_args:
         raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
       return main(argv)
     except (ValueError, FileNotFoundError) as e:

@@ -2,30 +2,33 @@ r"""Shows the nearest images of the reference set for query images.
 
 Given a trained run and query images (image files, or indices into the test
 split), embeds them with the run's latest checkpoint and writes a grid of
-each query and its nearest reference images (the train split), framed green
-or red by label when the query's label is known.
+each query and its nearest reference images (the train split, or with
+--index a gallery index built by `experiments.index`: then only the queries
+are embedded), framed green or red by label when the query's label is known.
 
   python -m experiments.retrieve --workdir=runs/mnist --test_indices=0,1,2,3
   python -m experiments.retrieve --workdir=runs/mnist --images=a.png,b.png \
       --invert   # dark strokes on a light background, unlike MNIST
+  python -m experiments.retrieve --index=INDEX --images=a.png
 
 Expected: one line per query listing its 5 nearest train images with their
 labels and distances (for the main job's run, the test digits' neighbours
 carry their label 99 % of the time), and the grid in figures/query.png.
 """
 
+import json
 import os
 
 from absl import flags
 import numpy as np
-from PIL import Image
 
 from experiments import common
 from tripletjax import data
+from tripletjax import gallery as gallery_lib
 from tripletjax import neighbors
 from tripletjax import plotting
 from tripletjax import workdir as workdir_lib
-from tripletjax.data import images as images_lib
+from tripletjax.data import augment
 
 _WORKDIR = common.define_trained_run_flag()
 _IMAGES = flags.DEFINE_list("images", [], "Query image files (any format "
@@ -35,39 +38,48 @@ _TEST_INDICES = flags.DEFINE_list("test_indices", [],
 _INVERT = flags.DEFINE_bool("invert", False,
                             "Invert the image files' intensities.")
 _K = flags.DEFINE_integer("k", 5, "Neighbours per query.")
+_INDEX = flags.DEFINE_string(
+    "index", None, "Search this gallery index (experiments.index) instead of "
+    "embedding the train split; the run defaults to the index's.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "PNG to write (default: <workdir>/figures/query.png).")
 
 
-def read_image(path: str, run: workdir_lib.TrainedRun, invert: bool
-               ) -> np.ndarray:
-  """An image file as the run's images are: photos decoded as the cache
-  decodes them (shorter side to the stored size, centre crop), other images
-  resized to the network's input."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"No image file {path!r}.")
-  height, width, channels = run.image_shape
-  try:
-    if run.config.is_photo_dataset:
-      image = images_lib.decode_file(path, size=run.config.stored_size,
-                                     channels=channels)
+def _gallery_images(index: gallery_lib.Gallery, items: np.ndarray,
+                    run: workdir_lib.TrainedRun) -> np.ndarray:
+  """The images of gallery `items` ``[Q, k]``, for the grid: files read as
+  the run reads them, dataset items from their split."""
+  splits = {}
+  images = []
+  for reference in index.references[items.ravel()]:
+    name, split, i = (reference.split(":") + ["", ""])[:3]
+    if split in ("train", "test") and i.isdigit():
+      if name not in splits:
+        config = run.config.replace(dataset=name, train_classes=())
+        splits[name] = dict(zip(("train", "test"), data.load_splits(config)))
+      images.append(splits[name][split].images[int(i)])
     else:
-      with Image.open(path) as opened:
-        image = np.asarray(images_lib.to_mode(opened, channels).resize(
-            (width, height), Image.BILINEAR)).reshape(run.image_shape)
-  except (OSError, ValueError, SyntaxError) as e:
-    raise ValueError(f"Cannot read image file {path!r}: {e}") from None
-  return 255 - image if invert else image
+      images.append(run.read_image(reference))
+  images = np.stack([augment.center_crop(im[None], run.image_shape[0])[0]
+                     for im in images])
+  return images.reshape(*items.shape, *images.shape[1:])
 
 
 def main(argv):
   del argv  # Checked by common.run.
-  if not _WORKDIR.value:
-    raise ValueError("Give the trained run's directory: --workdir.")
+  if not _WORKDIR.value and not _INDEX.value:
+    raise ValueError("Give the trained run's directory (--workdir) or an "
+                     "index (--index).")
   if not _IMAGES.value and not _TEST_INDICES.value:
     raise ValueError("Give query images: --images or --test_indices.")
-  run = workdir_lib.restore(_WORKDIR.value)
-  references, test = data.load_splits(run.config)
+  index = gallery_lib.load(_INDEX.value) if _INDEX.value else None
+  workdir = _WORKDIR.value or index.info["workdir"]
+  run = workdir_lib.restore(workdir)
+  if index is not None:
+    index.check_run(workdir, run.step, json.loads(run.config.to_json()))
+  test = None
+  if _TEST_INDICES.value or index is None:
+    references, test = data.load_splits(run.config)
   try:
     indices = [int(i) for i in _TEST_INDICES.value]
   except ValueError:
@@ -76,28 +88,40 @@ def main(argv):
   bad = [i for i in indices if not 0 <= i < len(test)]
   if bad:
     raise ValueError(f"test_indices {bad} outside [0, {len(test)}).")
-  images = [read_image(p, run, _INVERT.value)
+  images = [run.read_image(p, invert=_INVERT.value)
             for p in _IMAGES.value] + [test.images[i] for i in indices]
   labels = [-1] * len(_IMAGES.value) + [int(test.labels[i]) for i in indices]
   images = np.stack(images)
-  d, index = neighbors.nearest_neighbors(
-      run.embedder(images), run.embedder(references.images), k=_K.value,
-      metric=run.config.metric)
-  d, index = np.asarray(d), np.asarray(index)
-  names = list(_IMAGES.value) + [f"test[{i}]" for i in indices]
-  classes = references.class_names
-  for name, row, dist in zip(names, index, d):
-    print(f"{name}: " + ", ".join(
-        f"train[{r}] ({classes[references.labels[r]] if classes else 'label'}"
-        f"{'' if classes else ' ' + str(references.labels[r])}, d={x:.3f})"
-        for r, x in zip(row, dist)))
-  output = _OUTPUT.value or os.path.join(_WORKDIR.value, "figures",
-                                         "query.png")
-  plotting.retrieval_grid(images, np.array(labels), references.images[index],
-                          references.labels[index], output,
-                          neighbor_distances=d,
-                          class_names=references.class_names)
-  print(f"Step {run.step} of {_WORKDIR.value}; wrote {output}")
+  queries = run.embedder(images)
+  if index is None:
+    d, items = neighbors.nearest_neighbors(
+        queries, run.embedder(references.images), k=_K.value,
+        metric=run.config.metric)
+    d, items = np.asarray(d), np.asarray(items)
+    names = np.array([f"train[{r}]" for r in range(len(references.labels))])
+    item_labels, classes = references.labels, references.class_names
+    neighbor_images = references.images[items]
+  else:
+    d, items = index.search(queries, _K.value)
+    names, item_labels = index.references, index.labels
+    classes = index.info.get("class_names")
+    neighbor_images = _gallery_images(index, items, run)
+  query_names = list(_IMAGES.value) + [f"test[{i}]" for i in indices]
+
+  def label_of(item):
+    label = int(item_labels[item])
+    if label < 0:
+      return ""
+    return f"{classes[label] if classes else f'label {label}'}, "
+
+  for name, row, dist in zip(query_names, items, d):
+    print(f"{name}: " + ", ".join(f"{names[r]} ({label_of(r)}d={x:.3f})"
+                                  for r, x in zip(row, dist)))
+  output = _OUTPUT.value or os.path.join(workdir, "figures", "query.png")
+  plotting.retrieval_grid(images, np.array(labels), neighbor_images,
+                          np.asarray(item_labels)[items], output,
+                          neighbor_distances=d, class_names=classes)
+  print(f"Step {run.step} of {workdir}; wrote {output}")
 
 
 if __name__ == "__main__":

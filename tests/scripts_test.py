@@ -1,6 +1,7 @@
 """The evaluation scripts on a tiny trained run, run as a user runs them."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -75,6 +76,167 @@ def test_bad_test_index(trained_run):
                       "--test_indices=100000")
   assert result.returncode == 2
   assert "outside [0, 500)" in result.stderr
+
+
+def test_embed_a_dataset_with_a_run(trained_run, tmp_path):
+  """The embeddings of a run's test split, as its evaluation makes them."""
+  from tripletjax import data  # pylint: disable=g-import-not-at-top
+  from tripletjax import workdir  # pylint: disable=g-import-not-at-top
+  result = run_script("experiments.embed", f"--workdir={trained_run}",
+                      "--dataset=mnist:test", f"--output={tmp_path / 'e.npz'}",
+                      "--batch_size=96")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Embedded 500 images of mnist:test into 8-d" in result.stdout
+  saved = np.load(tmp_path / "e.npz")
+  run = workdir.restore(trained_run)
+  _, test = data.load_splits(run.config)
+  np.testing.assert_allclose(saved["embeddings"], run.embedder(test.images),
+                             atol=1e-6)
+  np.testing.assert_array_equal(saved["labels"], test.labels)
+  assert set(saved["split"]) == {"test"}
+  assert json.loads(str(saved["settings"]))["step"] == 12
+
+
+LOADER = """
+import importlib.util, json, sys
+import jax, numpy as np
+assert importlib.util.find_spec("tripletjax") is None, "tripletjax importable"
+folder, images, output = sys.argv[1:]
+with open(folder + "/embed.jax_export", "rb") as f:
+  exported = jax.export.deserialize(f.read())
+signature = json.load(open(folder + "/signature.json"))
+x = np.load(images)
+assert list(x.shape[1:]) == signature["input"]["shape"][1:]
+np.save(output, np.concatenate([np.asarray(exported.call(x[:3])),
+                                np.asarray(exported.call(x[3:]))]))
+"""
+
+
+def test_export_runs_without_tripletjax(trained_run, tmp_path):
+  """The exported function, loaded by a process that cannot import
+  tripletjax, at two batch sizes, gives the run's embeddings."""
+  from tripletjax import workdir  # pylint: disable=g-import-not-at-top
+  result = run_script("experiments.export", f"--workdir={trained_run}",
+                      f"--output={tmp_path / 'export'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "uint8 [N, 28, 28, 1] -> float32 [N, 8] on cpu" in result.stdout
+  signature = json.load(open(tmp_path / "export" / "signature.json"))
+  assert signature["metric"] == "euclidean" and signature["step"] == 12
+  images = np.random.default_rng(0).integers(0, 256, (7, 28, 28, 1), np.uint8)
+  np.save(tmp_path / "images.npy", images)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  loaded = subprocess.run(
+      [sys.executable, "-c", LOADER, str(tmp_path / "export"),
+       str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert loaded.returncode == 0, loaded.stderr[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / "out.npy"),
+                             workdir.restore(trained_run).embedder(images),
+                             atol=1e-5)
+
+
+def test_verify_two_images(trained_run, tmp_path):
+  """The distance of two image files against the run's calibrated
+  threshold; the same image twice is "same"."""
+  results = json.load(open(pathlib.Path(trained_run) / "results.json"))
+  threshold = results["unseen_verification_threshold"]
+  assert 0 < results["unseen_verification_roc_auc"] <= 1
+  for name, value in (("a", 0), ("b", 255)):
+    image = np.full((28, 28), value, np.uint8)
+    image[8:20, 12:16] = 255 - value
+    Image.fromarray(image).save(tmp_path / f"{name}.png")
+  result = run_script("experiments.verify", f"--workdir={trained_run}",
+                      str(tmp_path / "a.png"), str(tmp_path / "a.png"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.startswith(f"distance 0, threshold {threshold:.4g} "
+                                  "(test images of classes never trained on)"
+                                  ": same"), result.stdout
+  result = run_script("experiments.verify", f"--workdir={trained_run}",
+                      "--threshold=-1", str(tmp_path / "a.png"),
+                      str(tmp_path / "b.png"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "threshold -1 (--threshold): different" in result.stdout
+
+
+def test_index_build_add_info_and_retrieve(trained_run, tmp_path):
+  """A gallery of the test split plus two files; retrieval from it embeds
+  the queries alone and equals exact search over the same embeddings."""
+  from tripletjax import data  # pylint: disable=g-import-not-at-top
+  from tripletjax import workdir  # pylint: disable=g-import-not-at-top
+  index = tmp_path / "index"
+  result = run_script("experiments.index", "build", f"--workdir={trained_run}",
+                      "--dataset=mnist:test", f"--output={index}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "500 items (500 labelled, 10 classes), 8-d" in result.stdout
+  (tmp_path / "new").mkdir()
+  for i in range(2):
+    Image.fromarray(np.full((28, 28), 60 * i, np.uint8)).save(
+        tmp_path / "new" / f"{i}.png")
+  result = run_script("experiments.index", "add", f"--index={index}",
+                      f"--images={tmp_path / 'new'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "502 items (500 labelled" in result.stdout
+  result = run_script("experiments.index", "info", f"--index={index}")
+  assert "502 items" in result.stdout and "step 12 of" in result.stdout
+  result = run_script("experiments.retrieve", f"--index={index}",
+                      f"--images={tmp_path / 'new' / '1.png'}",
+                      "--test_indices=3", "--k=3",
+                      f"--output={tmp_path / 'grid.png'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith(f"{tmp_path / 'new' / '1.png'}: "
+                             f"{tmp_path / 'new'}/1.png (d=0.000)")
+  run = workdir.restore(trained_run)
+  _, test = data.load_splits(run.config)
+  gallery = run.embedder(test.images)
+  d = np.linalg.norm(gallery - run.embedder(test.images[3:4]), axis=1)
+  nearest = np.argsort(d, kind="stable")[:3]
+  assert lines[1] == "test[3]: " + ", ".join(
+      f"mnist:test:{i} (label {test.labels[i]}, d={d[i]:.3f})"
+      for i in nearest)
+  # An index is searched only with the run that built it.
+  other = tmp_path / "other"
+  other.mkdir()
+  config = json.loads((pathlib.Path(trained_run) / "config.json").read_text())
+  config["margin"] = 0.25
+  (other / "config.json").write_text(json.dumps(config))
+  for name in ("inputs.json", "checkpoints"):
+    src = pathlib.Path(trained_run) / name
+    (other / name).symlink_to(src, target_is_directory=src.is_dir())
+  result = run_script("experiments.retrieve", f"--index={index}",
+                      f"--workdir={other}", "--test_indices=0")
+  assert result.returncode == 2
+  assert "The index was built by step 12" in result.stderr
+
+
+def test_bad_input_of_the_run_scripts(trained_run, tmp_path):
+  (tmp_path / "empty").mkdir()
+  untrained = tmp_path / "untrained"
+  untrained.mkdir()
+  for name in ("config.json", "inputs.json"):
+    (untrained / name).write_text(
+        (pathlib.Path(trained_run) / name).read_text())
+  for module, flags, message in (
+      ("experiments.embed", [f"--workdir={trained_run}",
+                             f"--images={tmp_path / 'empty'}",
+                             f"--output={tmp_path / 'x.npz'}"],
+       "holds no image files"),
+      ("experiments.embed", [f"--workdir={trained_run}", "--model=resnet18",
+                             "--dataset=mnist", "--output=x.npz"],
+       "one of the two"),
+      ("experiments.export", [f"--workdir={untrained}",
+                              f"--output={tmp_path / 'e'}"], "checkpoint"),
+      ("experiments.verify", [f"--workdir={trained_run}",
+                              str(tmp_path / "missing.png"),
+                              str(tmp_path / "missing.png")],
+       "No image file"),
+      ("experiments.verify", [f"--workdir={trained_run}", "a.png"],
+       "two image files"),
+  ):
+    result = run_script(module, *flags)
+    assert result.returncode == 2, (module, result.stderr[-2000:])
+    assert result.stderr.strip().splitlines()[-1].startswith("Error:")
+    assert message in result.stderr, (module, result.stderr[-2000:])
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,14 @@ from tripletjax import config as config_lib
 from tripletjax import few_shot
 from tripletjax import models
 from tripletjax import retrieval
+from tripletjax import verification
 from tripletjax.data import Split
 from tripletjax.data import augment
+
+
+# All pairs of at most this many images (50 million pairs) are scored for
+# verification (a few seconds on two CPU cores).
+VERIFICATION_MAX_IMAGES = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +45,15 @@ class Embedder:
   embedding `batch_size` images per call (the last batch padded, so one
   compilation serves every call). Images larger than the network's input
   (photos, stored larger for training's random crops) are cropped to their
-  centre ``input_size x input_size`` first.
+  centre ``input_size x input_size`` first. With `backbone`, a ResNet's
+  pooled features instead of the embeddings.
   """
   graphdef: nnx.GraphDef
   params: nnx.State
   batch_stats: nnx.State
   batch_size: int
   input_size: int
+  backbone: bool = False
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     n = images.shape[0]
@@ -58,7 +66,7 @@ class Embedder:
         chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]),
                                                 chunk.dtype)])
       out.append(models.embed(self.graphdef, self.params, self.batch_stats,
-                              chunk)[:self.batch_size - pad])
+                              chunk, self.backbone)[:self.batch_size - pad])
     return np.asarray(jnp.concatenate(out)) if out else np.zeros((0, 0))
 
 
@@ -112,11 +120,15 @@ def evaluate(train_embeddings: np.ndarray | None, test_embeddings: np.ndarray,
     add("test", retrieval.retrieval_metrics(
         queries[seen], test.labels[seen], train_embeddings, train.labels,
         metric=config.metric, knn_ks=config.knn_ks))
+    add("test_verification", _verification(queries[seen], test.labels[seen],
+                                           config.metric))
   if (~seen).sum() > max(config.knn_ks):
     unseen_labels = test.labels[~seen]
     add("unseen", retrieval.retrieval_metrics(
         queries[~seen], unseen_labels, metric=config.metric,
         knn_ks=config.knn_ks))
+    add("unseen_verification", _verification(queries[~seen], unseen_labels,
+                                             config.metric))
     results["unseen_nmi"] = clustering.nmi(unseen_labels, clustering.kmeans(
         queries[~seen], len(np.unique(unseen_labels)), seed=config.seed,
         metric=config.metric))
@@ -134,3 +146,19 @@ def evaluate(train_embeddings: np.ndarray | None, test_embeddings: np.ndarray,
           episodes=config.few_shot_episodes, metric=config.metric,
           seed=config.seed))
   return results
+
+
+def _verification(embeddings: np.ndarray, labels: np.ndarray, metric: str
+                  ) -> dict[str, float]:
+  """Verification metrics over all pairs, where there are at most
+  `VERIFICATION_MAX_IMAGES` images and pairs of both kinds."""
+  if len(labels) > VERIFICATION_MAX_IMAGES:
+    logging.info("Verification skipped: %d images, more than %d.",
+                 len(labels), VERIFICATION_MAX_IMAGES)
+    return {}
+  try:
+    return verification.verification_metrics(embeddings, labels,
+                                             metric=metric)
+  except ValueError as e:  # One class, or classes of one image.
+    logging.info("Verification skipped: %s", e)
+    return {}

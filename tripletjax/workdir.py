@@ -16,10 +16,13 @@ import os
 from absl import logging
 from flax import nnx
 import jax
+import numpy as np
+from PIL import Image
 
 from tripletjax import checkpointing
 from tripletjax import config as config_lib
 from tripletjax import models
+from tripletjax.data import images as images_lib
 from tripletjax.evaluation import Embedder
 
 CONFIG_FILE = "config.json"
@@ -107,6 +110,31 @@ class TrainedRun:
     """``uint8 [N, H, W, C]`` host images -> ``[N, D]`` host embeddings."""
     return Embedder(self.graphdef, self.params, self.batch_stats,
                     self.config.eval_batch_size, self.image_shape[0])
+
+  def read_image(self, path: str, *, invert: bool = False) -> np.ndarray:
+    """Image file `path` as the run's images are: photos decoded as the
+    cache decodes them (shorter side to the stored size, centre crop; the
+    embedder crops the centre to the input), other images resized to the
+    network's input. ``uint8 [H, W, C]``; `invert`: 255 minus it.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: the file is not an image Pillow reads.
+    """
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"No image file {path!r}.")
+    height, width, channels = self.image_shape
+    try:
+      if self.config.is_photo_dataset:
+        image = images_lib.decode_file(path, size=self.config.stored_size,
+                                       channels=channels)
+      else:
+        with Image.open(path) as opened:
+          image = np.asarray(images_lib.to_mode(opened, channels).resize(
+              (width, height), Image.BILINEAR)).reshape(self.image_shape)
+    except (OSError, ValueError, SyntaxError) as e:
+      raise ValueError(f"Cannot read image file {path!r}: {e}") from None
+    return 255 - image if invert else image
 
 
 def restore(workdir: str) -> TrainedRun:
