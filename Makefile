@@ -12,7 +12,7 @@ export TRIPLETJAX_MANUAL_DIR ?= $(if $(wildcard $(DATASETS)),$(abspath $(DATASET
 .PHONY: setup train test
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-test.txt
+$(VENV)/.installed: requirements.txt requirements-test.txt requirements-faiss.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-test.txt

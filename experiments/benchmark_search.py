@@ -1,17 +1,22 @@
-r"""Query latency and throughput of the gallery index's exact search.
+r"""Query latency and throughput of the gallery index, exact and approximate.
 
-Synthetic unit-vector embeddings (as `benchmark_retrieval` makes them) of
-each gallery size, searched with batches of queries of each size for the k
-nearest items (`tripletjax.gallery.Gallery.search`). Each row is the median
-over --repeats calls after a first call that compiles; the query's own
-embedding is not timed.
+Random unit vectors (no cluster structure: the hardest case for an
+approximate index) of each gallery size, or with --workdir a trained run's
+train split (its test images the queries), searched with batches of queries of
+each size for the k nearest items (`tripletjax.gallery.Gallery.search`):
+exactly, and through faiss's HNSW graph (its build time reported) with its
+recall@k against the exact neighbours. Each row is the median over
+--repeats calls after a first call (which compiles the exact search); the
+queries' own embedding is not timed.
 
   python -m experiments.benchmark_search --gallery_sizes=60000,1000000 \
       --query_counts=1,1000
+  python -m experiments.benchmark_search --workdir=runs/mnist-batch_all-01ea9094
 
-Expected (docs/performance.md): tens of milliseconds for one query against
-60,000 items on two CPU cores, about a second for 1,000 queries against
-1,000,000.
+Expected (docs/performance.md): exact search of one query in milliseconds
+against 60,000 items and tens to hundreds against 1,000,000 on two CPU
+cores; the HNSW graph answers faster, with a recall@10 below 1 that falls
+with the gallery's size on these structureless vectors.
 """
 
 import statistics
@@ -21,7 +26,9 @@ from absl import flags
 import numpy as np
 
 from experiments import common
+from tripletjax import data
 from tripletjax import gallery as gallery_lib
+from tripletjax import workdir as workdir_lib
 
 _GALLERY_SIZES = flags.DEFINE_list("gallery_sizes", ["60000", "1000000"],
                                    "Items in the gallery, one row each.")
@@ -30,6 +37,9 @@ _QUERY_COUNTS = flags.DEFINE_list("query_counts", ["1", "1000"],
 _DIM = flags.DEFINE_integer("dim", 64, "Embedding dimension D.")
 _K = flags.DEFINE_integer("k", 10, "Neighbours per query.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per row.")
+_WORKDIR = common.define_trained_run_flag()  # Its embeddings, if given.
+_BACKENDS = flags.DEFINE_list("backends", ["exact", "faiss"],
+                              "Search backends to time.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
 
 
@@ -42,32 +52,58 @@ def main(argv):
   del argv  # Checked by common.run.
   rng = np.random.default_rng(0)
   table = common.Table([
-      ("gallery", "gallery_size", "d"), ("queries", "queries", "d"),
+      ("backend", "backend", ""), ("gallery", "gallery_size", "d"),
+      ("queries", "queries", "d"),
       ("latency (ms)", "latency_ms", ".1f"),
       ("queries/s", "queries_per_second", ".0f"),
-      ("first call (s)", "first_call_seconds", ".2f")], _JSON.value)
-  for size in map(int, _GALLERY_SIZES.value):
+      ("first call (s)", "first_call_seconds", ".2f"),
+      ("recall@k", "recall", ".3f"),
+      ("graph build (s)", "build_seconds", ".1f")], _JSON.value)
+  if _WORKDIR.value:  # A trained run's train split; its test split asks.
+    run = workdir_lib.restore(_WORKDIR.value)
+    train, test = data.load_splits(run.config)
+    galleries = [(run.embedder(train.images), run.embedder(test.images))]
+  else:
+    galleries = [(unit_vectors(rng, n, _DIM.value),
+                  unit_vectors(rng, max(map(int, _QUERY_COUNTS.value)),
+                               _DIM.value))
+                 for n in map(int, _GALLERY_SIZES.value)]
+  for embeddings, all_queries in galleries:
+    size = len(embeddings)
     index = gallery_lib.Gallery(
-        unit_vectors(rng, size, _DIM.value), np.zeros(size, np.int64),
-        np.array([""] * size),
+        embeddings, np.zeros(size, np.int64), np.array([""] * size),
         {"workdir": "", "step": 0, "settings": {}, "metric": "euclidean",
-         "embedding_dim": _DIM.value, "class_names": None})
-    for count in map(int, _QUERY_COUNTS.value):
-      queries = unit_vectors(rng, count, _DIM.value)
+         "embedding_dim": embeddings.shape[1], "class_names": None})
+    build_seconds = None
+    if "faiss" in _BACKENDS.value:
       start = time.perf_counter()
-      index.search(queries, _K.value)
-      first = time.perf_counter() - start
-      times = []
-      for _ in range(_REPEATS.value):
+      index = index.with_approximate()
+      build_seconds = time.perf_counter() - start
+    for count in map(int, _QUERY_COUNTS.value):
+      queries = all_queries[:count]
+      exact = None
+      for backend in _BACKENDS.value:
         start = time.perf_counter()
-        index.search(queries, _K.value)
-        times.append(time.perf_counter() - start)
-      latency = statistics.median(times)
-      table.add({"gallery_size": size, "queries": count,
-                 "latency_ms": 1e3 * latency,
-                 "queries_per_second": count / latency,
-                 "first_call_seconds": first, "k": _K.value,
-                 "dim": _DIM.value})
+        _, found = index.search(queries, _K.value, backend=backend)
+        first = time.perf_counter() - start
+        if backend == "exact":
+          exact = found
+        times = []
+        for _ in range(_REPEATS.value):
+          start = time.perf_counter()
+          index.search(queries, _K.value, backend=backend)
+          times.append(time.perf_counter() - start)
+        latency = statistics.median(times)
+        recall = None
+        if backend != "exact" and exact is not None:
+          recall = np.mean([len(set(a) & set(b)) / _K.value
+                            for a, b in zip(found, exact)])
+        table.add({"gallery_size": size, "queries": count,
+                   "backend": backend, "latency_ms": 1e3 * latency,
+                   "queries_per_second": count / latency,
+                   "first_call_seconds": first, "recall": recall,
+                   "build_seconds": None if backend == "exact"
+                   else build_seconds, "k": _K.value, "dim": _DIM.value})
   table.close()
 
 

@@ -76,12 +76,15 @@ def default_workdir(config: config_lib.Config) -> str:
 
 def format_metrics(results: dict[str, Any]) -> str:
   """The evaluation metrics of `results`, one line per group (``test``,
-  ``unseen``, ...)."""
+  ``unseen``, ``test verification``, ...); counts as integers."""
   groups: dict[str, list[str]] = {}
   for key, value in results.items():
     prefix, _, name = key.partition("_")
     if prefix in ("test", "unseen") and isinstance(value, float):
-      groups.setdefault(prefix, []).append(f"{name} {value:.4f}")
+      if name.startswith("verification_"):
+        prefix, name = f"{prefix} verification", name[len("verification_"):]
+      text = (f"{value:.0f}" if name.endswith("pairs") else f"{value:.4f}")
+      groups.setdefault(prefix, []).append(f"{name} {text}")
   return "\n".join(f"{prefix}: {', '.join(items)}"
                    for prefix, items in groups.items())
 

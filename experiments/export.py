@@ -4,16 +4,19 @@ Writes ``OUTPUT/embed.jax_export`` (`jax.export`, StableHLO: ``uint8
 [N, H, W, C] -> float32 [N, D]`` for any N, preprocessing included, the
 parameters inside) and ``OUTPUT/signature.json`` (input shape, input
 normalisation, distance metric, embedding size, platforms, the run's
-settings). A process with only ``jax`` and ``numpy`` loads and calls it:
+settings); with --saved_model also ``OUTPUT/saved_model/``, a TensorFlow
+SavedModel of the same function (signature ``serving_default``: ``images``
+-> ``embeddings``) for TensorFlow Serving. A process with only ``jax`` and
+``numpy`` loads and calls the first:
 
   exported = jax.export.deserialize(open("OUTPUT/embed.jax_export", "rb").read())
   embeddings = exported.call(images)
 
-  python -m experiments.export --workdir=runs/mnist-batch_all-96b75d21 \
+  python -m experiments.export --workdir=runs/mnist-batch_all-01ea9094 \
       --output=/tmp/mnist_export
 
 Expected: one line naming the files, the input shape and the platforms
-(about 1.7 MB for the main job's CNN: its parameters are inside).
+(3.4 MB for the main job's CNN: its parameters are inside).
 """
 
 import json
@@ -27,6 +30,9 @@ from tripletjax import workdir as workdir_lib
 
 _WORKDIR = common.define_trained_run_flag()
 _OUTPUT = flags.DEFINE_string("output", None, "The folder to write.")
+_SAVED_MODEL = flags.DEFINE_bool(
+    "saved_model", False, "Also a TensorFlow SavedModel in OUTPUT/saved_model "
+    "(for TensorFlow Serving), CPU only.")
 _PLATFORMS = flags.DEFINE_list(
     "platforms", ["cpu"], "Where the function may run: cpu, cuda, rocm, tpu "
     "(several in one file).")
@@ -49,11 +55,15 @@ def main(argv):
   with open(os.path.join(_OUTPUT.value, export.SIGNATURE_FILE), "w",
             encoding="utf-8") as f:
     json.dump(signature, f, indent=2, sort_keys=True)
+  if _SAVED_MODEL.value:
+    export.save_tf_saved_model(run, os.path.join(_OUTPUT.value,
+                                                 "saved_model"))
   print(f"Exported step {run.step} of {_WORKDIR.value} to {_OUTPUT.value}/"
         f"{{{export.FUNCTION_FILE}, {export.SIGNATURE_FILE}}} "
         f"({len(function) / 1e6:.1f} MB): uint8 [N, "
         f"{', '.join(map(str, run.image_shape))}] -> float32 "
-        f"[N, {run.config.embedding_dim}] on {', '.join(signature['platforms'])}")
+        f"[N, {run.config.embedding_dim}] on {', '.join(signature['platforms'])}"
+        f"{'; and a SavedModel in saved_model/' if _SAVED_MODEL.value else ''}")
 
 
 if __name__ == "__main__":

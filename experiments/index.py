@@ -7,7 +7,8 @@ r"""A gallery index of a trained run: build it, add to it, describe it.
 ``build`` embeds a dataset (NAME, NAME:train or NAME:test, as --dataset of
 training names it; labels and ``dataset:split:index`` references) or a
 folder's image files (--images; paths as references, labels unknown) with
-the run's newest checkpoint and writes the index folder (`tripletjax.gallery`);
+the run's newest checkpoint and writes the index folder (`tripletjax.gallery`;
+with --approximate also a faiss HNSW graph for approximate search);
 ``add`` embeds more with the run that built the index and appends them (the
 old index stays whole until the new one is written); ``info`` prints its
 size and settings. `experiments.retrieve --index=INDEX` then embeds only its
@@ -35,6 +36,9 @@ _DATASET = flags.DEFINE_string(
     "dataset", None, "Items from a dataset: NAME, NAME:train or NAME:test.")
 _IMAGES = flags.DEFINE_string("images", None,
                               "Items from a folder of image files.")
+_APPROXIMATE = flags.DEFINE_bool(
+    "approximate", False, "build: also a faiss HNSW graph, for "
+    "retrieve --backend=faiss (needs requirements-faiss.txt).")
 
 COMMANDS = ("build", "add", "info")
 
@@ -70,7 +74,8 @@ def describe(index: gallery_lib.Gallery) -> str:
   return (f"{len(index)} items ({known} labelled, "
           f"{len(np.unique(index.labels[index.labels >= 0]))} classes), "
           f"{info['embedding_dim']}-d, {info['metric']} distance, step "
-          f"{info['step']} of {info['workdir']}")
+          f"{info['step']} of {info['workdir']}"
+          f"{', with a faiss graph' if index.approximate is not None else ''}")
 
 
 def main(argv):
@@ -81,6 +86,8 @@ def main(argv):
     if not _WORKDIR.value or not _OUTPUT.value:
       raise ValueError("build needs --workdir and --output.")
     index = embed_items(workdir_lib.restore(_WORKDIR.value))
+    if _APPROXIMATE.value:
+      index = index.with_approximate()
     gallery_lib.save(index, _OUTPUT.value)
     print(f"Built {_OUTPUT.value}: {describe(index)}")
     return

@@ -41,6 +41,10 @@ _K = flags.DEFINE_integer("k", 5, "Neighbours per query.")
 _INDEX = flags.DEFINE_string(
     "index", None, "Search this gallery index (experiments.index) instead of "
     "embedding the train split; the run defaults to the index's.")
+_BACKEND = flags.DEFINE_enum(
+    "backend", "exact", ["exact", "faiss"], "With --index: exact search, or "
+    "approximate through the index's faiss graph (index build "
+    "--approximate).")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "PNG to write (default: <workdir>/figures/query.png).")
 
@@ -102,7 +106,7 @@ def main(argv):
     item_labels, classes = references.labels, references.class_names
     neighbor_images = references.images[items]
   else:
-    d, items = index.search(queries, _K.value)
+    d, items = index.search(queries, _K.value, backend=_BACKEND.value)
     names, item_labels = index.references, index.labels
     classes = index.info.get("class_names")
     neighbor_images = _gallery_images(index, items, run)

@@ -117,7 +117,7 @@ def test_export_runs_without_tripletjax(trained_run, tmp_path):
   tripletjax, at two batch sizes, gives the run's embeddings."""
   from tripletjax import workdir  # pylint: disable=g-import-not-at-top
   result = run_script("experiments.export", f"--workdir={trained_run}",
-                      f"--output={tmp_path / 'export'}")
+                      f"--output={tmp_path / 'export'}", "--saved_model")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "uint8 [N, 28, 28, 1] -> float32 [N, 8] on cpu" in result.stdout
   signature = json.load(open(tmp_path / "export" / "signature.json"))
@@ -130,9 +130,14 @@ def test_export_runs_without_tripletjax(trained_run, tmp_path):
        str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert loaded.returncode == 0, loaded.stderr[-3000:]
-  np.testing.assert_allclose(np.load(tmp_path / "out.npy"),
-                             workdir.restore(trained_run).embedder(images),
-                             atol=1e-5)
+  want = workdir.restore(trained_run).embedder(images)
+  np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, atol=1e-5)
+  # The SavedModel, as TensorFlow Serving would call it.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  serve = tf.saved_model.load(str(tmp_path / "export" / "saved_model")
+                              ).signatures["serving_default"]
+  np.testing.assert_allclose(serve(images=tf.constant(images))["embeddings"],
+                             want, atol=1e-5)
 
 
 def test_verify_two_images(trained_run, tmp_path):

@@ -245,6 +245,13 @@ def _require(condition: bool, message: str) -> None:
     raise ValueError(message)
 
 
+def _require_choice(config: Config, name: str, choices) -> None:
+  """Setting `name` of `config` is one of `choices`."""
+  value = getattr(config, name)
+  _require(value in choices, f"{name} must be one of {tuple(choices)}, got "
+           f"{value!r}.")
+
+
 def validate_for_devices(config: Config, num_devices: int) -> None:
   """Checks what depends on the number of devices: random triplets are
   never split across devices, so they must divide evenly."""
@@ -261,18 +268,11 @@ def validate(config: Config) -> Config:
   data is loaded, in `tripletjax.sampling`.
   """
   c = config
-  _require(c.loss in LOSS_NAMES,
-           f"loss must be one of {LOSS_NAMES}, got {c.loss!r}.")
-  _require(c.metric in distances.METRIC_NAMES,
-           f"metric must be one of {distances.METRIC_NAMES}, got {c.metric!r}.")
-  _require(c.parallelism in parallel.PARALLELISMS,
-           f"parallelism must be one of {parallel.PARALLELISMS}, got "
-           f"{c.parallelism!r}.")
-  _require(c.mining_scope in parallel.MINING_SCOPES,
-           f"mining_scope must be one of {parallel.MINING_SCOPES}, got "
-           f"{c.mining_scope!r}.")
-  _require(c.model in models.MODELS,
-           f"model must be one of {tuple(models.MODELS)}, got {c.model!r}.")
+  _require_choice(c, "loss", LOSS_NAMES)
+  _require_choice(c, "metric", distances.METRIC_NAMES)
+  _require_choice(c, "parallelism", parallel.PARALLELISMS)
+  _require_choice(c, "mining_scope", parallel.MINING_SCOPES)
+  _require_choice(c, "model", models.MODELS)
   _require(isinstance(c.dataset, str) and c.dataset,
            "dataset must be a tensorflow-datasets name, got "
            f"{c.dataset!r}.")
@@ -315,24 +315,16 @@ def validate(config: Config) -> Config:
            f"channels must be 0, 1 or 3, got {c.channels!r}.")
   _require(0 < c.test_fraction < 1,
            f"test_fraction must be in (0, 1), got {c.test_fraction!r}.")
-  _require(c.small_classes in SMALL_CLASSES,
-           f"small_classes must be one of {SMALL_CLASSES}, got "
-           f"{c.small_classes!r}.")
-  _require(c.augment in AUGMENTATIONS,
-           f"augment must be one of {AUGMENTATIONS}, got {c.augment!r}.")
-  _require(c.norm in models.NORMS,
-           f"norm must be one of {models.NORMS}, got {c.norm!r}.")
-  _require(c.input_norm in models.INPUT_NORMS,
-           f"input_norm must be one of {tuple(models.INPUT_NORMS)}, got "
-           f"{c.input_norm!r}.")
-  _require(c.dtype in models.DTYPES,
-           f"dtype must be one of {tuple(models.DTYPES)}, got {c.dtype!r}.")
+  _require_choice(c, "small_classes", SMALL_CLASSES)
+  _require_choice(c, "augment", AUGMENTATIONS)
+  _require_choice(c, "norm", models.NORMS)
+  _require_choice(c, "input_norm", models.INPUT_NORMS)
+  _require_choice(c, "dtype", models.DTYPES)
   _require(not c.init_from or c.model.startswith("resnet"),
            f"init_from loads ResNet weights; model is {c.model!r}.")
   _require(not c.init_from or os.path.isfile(c.init_from),
            f"init_from {c.init_from!r} is not a file.")
-  _require(c.positives in POSITIVES,
-           f"positives must be one of {POSITIVES}, got {c.positives!r}.")
+  _require_choice(c, "positives", POSITIVES)
   _require(c.positives == "labels" or (
       c.loss != RANDOM_TRIPLETS and c.augmentation != "none"),
            "positives=augmented needs a mining loss and an augmentation "

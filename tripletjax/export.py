@@ -70,3 +70,30 @@ def export_embedder(run, platforms: Sequence[str] = ("cpu",)
       "settings": json.loads(config.to_json()),
   }
   return bytes(exported.serialize()), signature
+
+
+def save_tf_saved_model(run, path: str) -> None:
+  """Writes `run`'s embedding function as a TensorFlow SavedModel at
+  `path`, for TensorFlow Serving and TensorFlow programs: its ``serve``
+  signature maps ``uint8 [N, H, W, C]`` images to ``float32 [N, D]``
+  embeddings (the same StableHLO inside, through `jax2tf`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+
+  graphdef, params, batch_stats = run.graphdef, run.params, run.batch_stats
+  height, width, channels = run.image_shape
+
+  def embed(images: jax.Array) -> jax.Array:
+    return models.embed(graphdef, params, batch_stats, images)
+
+  module = tf.Module()
+  converted = jax2tf.convert(
+      embed, with_gradient=False,
+      polymorphic_shapes=[f"(batch, {height}, {width}, {channels})"])
+  module.serve = tf.function(
+      lambda images: {"embeddings": converted(images)},
+      input_signature=[tf.TensorSpec([None, height, width, channels],
+                                     tf.uint8, name="images")],
+      autograph=False)
+  tf.saved_model.save(module, path,
+                      signatures={"serving_default": module.serve})
