@@ -20,7 +20,12 @@ REFERENCES = {
     "batch_hard": reference.batch_hard,
     "batch_hard_soft": functools.partial(reference.batch_hard, soft=True),
     "semihard": reference.semihard,
+    "easy_positive_semihard": reference.easy_hard,
 }
+# The easy/semi-hard/hard miner's strategy pairs (not both semi-hard).
+STRATEGY_PAIRS = tuple((p, n) for p in losses.STRATEGIES
+                       for n in losses.STRATEGIES
+                       if (p, n) != ("semihard", "semihard"))
 SORTING_LOSSES = ("batch_all", "semihard")
 
 
@@ -135,9 +140,49 @@ class MiningLossTest(parameterized.TestCase):
         # Pairs: (0,1) n=1.5 -> 0.5; (1,0) n=1.5 -> 0; (2,3) none farther
         # than 1.5, farthest n=0 at 1.5 -> 1; (3,2) n=1 at 2 -> 0.5.
         "semihard": (0.5 + 0.0 + 1.0 + 0.5) / 4,
+        # Anchors' closest positive and the closest negative beyond it:
+        # 0 -> 1 - 1.5 + 1; 1 -> 1 - 2 + 1; 2 (at 1.5 from its positive) has
+        # no negative beyond 1.5; 3 -> 1.5 - 2 + 1. Mean over 3 anchors.
+        "easy_positive_semihard": (0.5 + 0.0 + 0.5) / 3,
     }[name]
     loss, _ = losses.MINING_LOSSES[name](x, labels, margin=1.0)
     np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+  @parameterized.product(strategies=STRATEGY_PAIRS, metric=METRICS,
+                         case=CASES)
+  def test_easy_hard_strategies_match_brute_force(self, strategies, metric,
+                                                  case):
+    if case[0] == "exact_ties" and metric == "cosine":
+      self.skipTest("Cosine distances of integer vectors tie in exact "
+                    "arithmetic only.")
+    positive, negative = strategies
+    loss_fn = jax.jit(functools.partial(
+        losses.batch_easy_hard_triplet_loss, positive=positive,
+        negative=negative, metric=metric))
+    for seed in range(2):
+      x, labels = random_batch(seed, **case[1])
+      dist = reference.pairwise_distances(x, metric)
+      for margin in (0.0, 0.5):
+        loss, metrics = loss_fn(x, labels, margin=margin)
+        want, num_anchors, num_active = reference.easy_hard(
+            dist, labels, margin, positive, negative)
+        np.testing.assert_allclose(loss, want, rtol=2e-4, atol=2e-5)
+        self.assertEqual(int(metrics["num_triplets"]), num_anchors)
+        self.assertEqual(int(metrics["num_active_triplets"]), num_active)
+
+  def test_easy_hard_hard_is_batch_hard_and_bad_strategies_are_refused(self):
+    x, labels = random_batch(7, batch=16, dim=4, classes=4, padding=2)
+    hard, _ = losses.batch_easy_hard_triplet_loss(
+        x, labels, margin=0.3, positive="hard", negative="hard")
+    np.testing.assert_allclose(
+        hard, losses.batch_hard_triplet_loss(x, labels, margin=0.3)[0],
+        rtol=1e-6)
+    with self.assertRaisesRegex(ValueError, "cannot both be 'semihard'"):
+      losses.batch_easy_hard_triplet_loss(x, labels, margin=0.3,
+                                          positive="semihard")
+    with self.assertRaisesRegex(ValueError, "positive must be one of"):
+      losses.batch_easy_hard_triplet_loss(x, labels, margin=0.3,
+                                          positive="medium")
 
   @parameterized.product(name=tuple(REFERENCES), metric=METRICS)
   def test_invariant_to_batch_permutation(self, name, metric):

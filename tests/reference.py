@@ -73,6 +73,32 @@ def semihard(dist, labels, margin):
   return (float(np.mean(losses)) if losses else 0.0), len(losses), active
 
 
+def easy_hard(dist, labels, margin, positive="easy", negative="semihard"):
+  """Returns (loss, num_anchors, num_active) of one positive and one
+  negative per anchor chosen by the strategies (PyTorch Metric Learning's
+  BatchEasyHardMiner), the semi-hard side chosen after the other."""
+  def pick(a, candidates, closest):
+    values = [dist[a, c] for c in candidates]
+    return (min if closest else max)(values) if values else None
+
+  losses = []
+  for a in range(len(labels)):
+    pos, neg = _positives(labels, a), _negatives(labels, a)
+    if positive == "semihard":
+      d_an = pick(a, neg, negative == "hard")
+      d_ap = None if d_an is None else pick(
+          a, [p for p in pos if dist[a, p] < d_an], False)
+    else:
+      d_ap = pick(a, pos, positive == "easy")
+      d_an = None if d_ap is None else pick(
+          a, [n for n in neg if negative != "semihard" or dist[a, n] > d_ap],
+          negative != "easy")
+    if d_ap is not None and d_an is not None:
+      losses.append(max(d_ap - d_an + margin, 0.0))
+  active = sum(v > 0 for v in losses)
+  return (float(np.mean(losses)) if losses else 0.0), len(losses), active
+
+
 def pair_statistics(dist, labels, embeddings):
   """Mean / hardest positive and negative distances, mean embedding norm."""
   b = len(labels)

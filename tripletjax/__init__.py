@@ -12,6 +12,7 @@ from tripletjax.distances import pairwise_distances
 from tripletjax.losses import BATCH_METRICS
 from tripletjax.losses import batch_all_triplet_loss
 from tripletjax.losses import batch_hard_triplet_loss
+from tripletjax.losses import batch_easy_hard_triplet_loss
 from tripletjax.losses import batch_semihard_triplet_loss
 from tripletjax.losses import MINING_LOSSES
 from tripletjax.losses import triplet_margin_loss
@@ -22,6 +23,7 @@ __all__ = [
     "MINING_LOSSES",
     "batch_all_triplet_loss",
     "batch_hard_triplet_loss",
+    "batch_easy_hard_triplet_loss",
     "batch_semihard_triplet_loss",
     "paired_distances",
     "pairwise_distances",

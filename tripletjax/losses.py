@@ -486,6 +486,108 @@ def _semihard_rows(dist, pos, neg, *, margin, sort_implementation):
           jnp.sum(pairs & (per_pair > 0)))
 
 
+STRATEGIES = ("easy", "semihard", "hard")
+
+
+def batch_easy_hard_triplet_loss(
+    embeddings: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    *,
+    margin: float,
+    positive: str = "easy",
+    negative: str = "semihard",
+    metric: str = "euclidean",
+    axis_name: str | None = None,
+) -> tuple[jax.Array, Metrics]:
+  """One positive and one negative per anchor, each chosen by a strategy.
+
+  The definitions of PyTorch Metric Learning's ``BatchEasyHardMiner``
+  followed by ``TripletMarginLoss`` with ``MeanReducer``:
+
+  * positive ``easy``: the closest positive; ``hard``: the farthest;
+    ``semihard``: the farthest positive closer than the chosen negative
+    (``d_ap < d_an``);
+  * negative ``easy``: the farthest negative; ``hard``: the closest;
+    ``semihard``: the closest negative farther than the chosen positive
+    (``d_an > d_ap``);
+  * the other side is chosen first where one is semi-hard (both cannot be);
+    an anchor without a positive and a negative that satisfy its strategies
+    takes no part. The loss is the mean over the remaining anchors of
+    ``max(d_ap - d_an + margin, 0)``; ties go to the first column.
+
+  ``positive="easy", negative="semihard"`` is Xuan, Stylianou & Pless's
+  easy-positive mining; ``"hard", "hard"`` is batch-hard. The definitions
+  are PyTorch Metric Learning's without change; its default distance
+  normalises the embeddings first, which here is the network's
+  ``normalize_embeddings`` setting.
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings.
+    labels: ``[B]`` integer class ids; rows with a label < 0 are padding.
+    margin: non-negative margin.
+    positive, negative: strategies of `STRATEGIES`, not both ``semihard``.
+    metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    axis_name: as for `batch_all_triplet_loss`: mining over the global batch
+      of the mapped axis.
+
+  Returns:
+    ``(loss, metrics)``: scalar loss and a dict of scalars (`BATCH_METRICS`;
+    a "triplet" is an anchor that takes part).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[0.], [1.], [1.5], [3.]])
+    >>> loss, _ = batch_easy_hard_triplet_loss(
+    ...     x, jnp.array([0, 0, 1, 1]), margin=1.0)
+    >>> # Easy positives 1, 1, 1.5, 1.5; the closest negatives beyond them:
+    >>> # 1.5 (-> 0.5), 3 (-> 0), none for anchor 2, 2 (-> 0.5). Mean of 3:
+    >>> round(float(loss), 4)
+    0.3333
+
+  References:
+    Xuan, Stylianou & Pless, "Improved Embeddings with Easy Positive Triplet
+    Mining", WACV 2020; PyTorch Metric Learning's ``BatchEasyHardMiner``.
+  """
+  for name, value in (("positive", positive), ("negative", negative)):
+    if value not in STRATEGIES:
+      raise ValueError(f"{name} must be one of {STRATEGIES}, got {value!r}.")
+  if positive == negative == "semihard":
+    raise ValueError("positive and negative cannot both be 'semihard'.")
+  return _mined_loss(_easy_hard_rows, embeddings, labels, margin=margin,
+                     metric=metric, axis_name=axis_name, positive=positive,
+                     negative=negative)
+
+
+def _pick(dist, mask, closest: bool):
+  """Per row, the distance of the closest (or farthest) column of `mask`
+  (the first at ties; its gradient flows to that column alone), and
+  whether the row has one."""
+  masked = jnp.where(mask, dist, jnp.inf if closest else -jnp.inf)
+  column = jnp.argmin(masked, axis=1) if closest else jnp.argmax(masked,
+                                                                   axis=1)
+  return (jnp.take_along_axis(dist, column[:, None], axis=1)[:, 0],
+          jnp.any(mask, axis=1))
+
+
+def _easy_hard_rows(dist, pos, neg, *, margin, positive, negative):
+  """Easy/semi-hard/hard over anchor rows: (loss sum, loss count, triplets,
+  active)."""
+  closest_positive = positive == "easy"
+  closest_negative = negative != "easy"
+  if positive == "semihard":
+    d_an, has_n = _pick(dist, neg, closest_negative)
+    d_ap, has_p = _pick(dist, pos & (dist < d_an[:, None]), False)
+  else:
+    d_ap, has_p = _pick(dist, pos, closest_positive)
+    extra = (dist > d_ap[:, None]) if negative == "semihard" else True
+    d_an, has_n = _pick(dist, neg & extra, closest_negative)
+  anchors = has_p & has_n
+  violation = d_ap - d_an + margin
+  num_anchors = jnp.sum(anchors)
+  return (jnp.sum(jnp.where(anchors, jax.nn.relu(violation), 0.0)),
+          num_anchors, num_anchors, jnp.sum(anchors & (violation > 0)))
+
+
 def triplet_margin_loss(
     anchors: jax.typing.ArrayLike,
     positives: jax.typing.ArrayLike,
@@ -554,4 +656,5 @@ MINING_LOSSES: dict[str, LossFn] = {
     "batch_hard": batch_hard_triplet_loss,
     "batch_hard_soft": functools.partial(batch_hard_triplet_loss, soft=True),
     "semihard": batch_semihard_triplet_loss,
+    "easy_positive_semihard": batch_easy_hard_triplet_loss,
 }
