@@ -11,6 +11,7 @@ import textwrap
 from tripletjax import losses
 
 SCRIPT = textwrap.dedent("""
+    import functools
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax
@@ -24,7 +25,9 @@ SCRIPT = textwrap.dedent("""
     x = rng.normal(size=(32, 4)).astype(np.float32)
     y = rng.integers(0, 4, 32).astype(np.int32)
     y[[5, 17]] = -1
-    for name, fn in losses.MINING_LOSSES.items():
+    sampling = {name: functools.partial(fn, key=jax.random.key(3))
+                for name, fn in losses.SAMPLING_LOSSES.items()}
+    for name, fn in {**losses.MINING_LOSSES, **sampling}.items():
       one = lambda e: fn(e, y, margin=0.3)
       (ref_loss, ref_metrics), ref_grad = jax.value_and_grad(
           one, has_aux=True)(x)
@@ -56,4 +59,5 @@ def test_global_mining_on_eight_devices_equals_one_device():
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": repo})
   assert result.returncode == 0, result.stderr[-4000:]
-  assert result.stdout.count(" ok") == len(losses.MINING_LOSSES), result.stdout
+  assert result.stdout.count(" ok") == (
+      len(losses.MINING_LOSSES) + len(losses.SAMPLING_LOSSES)), result.stdout

@@ -346,3 +346,78 @@ class TripletMarginLossTest(parameterized.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class DistanceWeightedTest(parameterized.TestCase):
+  """Distance-weighted sampling: the draw's distribution against the
+  formula, the loss exactly given the drawn negatives."""
+
+  def unit_batch(self, seed=0, batch=12, dim=8, classes=3):
+    x, labels = random_batch(seed, batch=batch, dim=dim, classes=classes)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+  def test_draws_follow_the_inverse_distance_density(self):
+    x, labels = self.unit_batch()
+    dim, a = x.shape[1], 0
+    # Two negatives near the anchor, at about 0.2 and 0.4: below the cutoff.
+    rng = np.random.default_rng(3)
+    for row, scale in zip(np.flatnonzero(labels != labels[a])[:2], (0.07, 0.14)):
+      near = x[a] + scale * rng.normal(size=dim).astype(np.float32)
+      x[row] = near / np.linalg.norm(near)
+    p = int(np.flatnonzero((labels == labels[a]) & (np.arange(12) != a))[0])
+    # The formula in float64: weight ~ 1 / q(max(d, 0.5)) for negatives
+    # closer than 1.4, q(d) = d^(D-2) (1 - d^2/4)^((D-3)/2).
+    d = np.linalg.norm(x[a].astype(float) - x, axis=1)
+    c = np.maximum(d, 0.5)
+    weights = np.where((labels != labels[a]) & (d < 1.4),
+                       c ** (2.0 - dim) * (1 - c * c / 4) ** (-(dim - 3) / 2),
+                       0.0)
+    want = weights / weights.sum()
+    draw = jax.jit(lambda k: losses.distance_weighted_negatives(
+        x, labels, k)[0][a, p])
+    n = 4000
+    counts = np.bincount([int(draw(jax.random.key(i))) for i in range(n)],
+                         minlength=12)
+    self.assertEqual(counts[want == 0].sum(), 0)
+    # Every frequency within 4.5 standard deviations of its probability.
+    sd = np.sqrt(want * (1 - want) / n)
+    np.testing.assert_array_less(np.abs(counts / n - want), 4.5 * sd + 1e-9)
+    # And a chi-square statistic below its 0.999 quantile (df <= 8: 26.1).
+    seen = want > 0
+    chi2 = np.sum((counts[seen] - n * want[seen]) ** 2 / (n * want[seen]))
+    self.assertLess(chi2, 26.1)
+
+  @parameterized.parameters(*METRICS)
+  def test_loss_is_exact_given_the_draws(self, metric):
+    x, labels = self.unit_batch(seed=1, batch=16, classes=4)
+    labels[[2, 9]] = -1  # Padding.
+    key = jax.random.key(7)
+    negative, drawn = losses.distance_weighted_negatives(x, labels, key,
+                                                         metric=metric)
+    loss, metrics = losses.distance_weighted_triplet_loss(
+        x, labels, key, margin=0.2, metric=metric)
+    dist = reference.pairwise_distances(x, metric)
+    values = [max(dist[a, p] - dist[a, negative[a, p]] + 0.2, 0.0)
+              for a in range(16) for p in range(16)
+              if a != p and labels[a] >= 0 and labels[a] == labels[p]
+              and drawn[a]]
+    for a in range(16):  # Drawn negatives are negatives.
+      for p in range(16):
+        if labels[a] >= 0 and labels[a] == labels[p] and a != p and drawn[a]:
+          self.assertNotEqual(labels[negative[a, p]], labels[a])
+          self.assertGreaterEqual(labels[negative[a, p]], 0)
+    np.testing.assert_allclose(loss, np.mean(values), rtol=1e-5)
+    self.assertEqual(int(metrics["num_triplets"]), len(values))
+    self.assertEqual(int(metrics["num_active_triplets"]),
+                     sum(v > 0 for v in values))
+
+  def test_no_negative_to_draw_gives_zero_loss_and_gradient(self):
+    x, _ = self.unit_batch(batch=4)
+    for labels in ((0, 0, 0, 0), (0, 1, 2, 3), (-1, -1, -1, -1)):
+      (loss, metrics), grad = jax.value_and_grad(
+          lambda e: losses.distance_weighted_triplet_loss(
+              e, jnp.array(labels), jax.random.key(0), margin=0.2),
+          has_aux=True)(jnp.asarray(x))
+      self.assertEqual(float(loss), 0.0)
+      self.assertEqual(float(metrics["num_triplets"]), 0.0)
+      np.testing.assert_array_equal(grad, np.zeros_like(grad))

@@ -93,7 +93,8 @@ STEP_SCRIPT = """
         emb = nnx.merge(graphdef, state.params, state.batch_stats)(
             images[rows].astype(np.float32) / 255)
         shard_losses.append(float(train.compute_loss(
-            emb, labels[rows], local)[0]))
+            emb, labels[rows], local, key=jax.random.fold_in(
+                jax.random.fold_in(jax.random.key(local.seed), 0), 1))[0]))
       for how in ("jit", "pmap"):
         local_loss, _ = run(local, how)
         assert np.isclose(local_loss, np.mean(shard_losses), rtol=1e-5), (

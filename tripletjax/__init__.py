@@ -14,17 +14,21 @@ from tripletjax.losses import batch_all_triplet_loss
 from tripletjax.losses import batch_hard_triplet_loss
 from tripletjax.losses import batch_easy_hard_triplet_loss
 from tripletjax.losses import batch_semihard_triplet_loss
+from tripletjax.losses import distance_weighted_triplet_loss
 from tripletjax.losses import MINING_LOSSES
+from tripletjax.losses import SAMPLING_LOSSES
 from tripletjax.losses import triplet_margin_loss
 
 __all__ = [
     "BATCH_METRICS",
     "METRIC_NAMES",
     "MINING_LOSSES",
+    "SAMPLING_LOSSES",
     "batch_all_triplet_loss",
     "batch_hard_triplet_loss",
     "batch_easy_hard_triplet_loss",
     "batch_semihard_triplet_loss",
+    "distance_weighted_triplet_loss",
     "paired_distances",
     "pairwise_distances",
     "triplet_margin_loss",

@@ -27,7 +27,7 @@ AUGMENTATIONS = ("auto", "digits", "photo", "none")
 SMALL_CLASSES = ("drop", "error")
 POSITIVES = ("labels", "augmented")
 TUPLE_FIELDS = ("widths", "train_classes", "knn_ks", "few_shot_shots")
-LOSS_NAMES = (*losses.MINING_LOSSES, RANDOM_TRIPLETS)
+LOSS_NAMES = (*losses.MINING_LOSSES, *losses.SAMPLING_LOSSES, RANDOM_TRIPLETS)
 
 
 def _setting(default: Any, help_text: str) -> Any:

@@ -164,6 +164,7 @@ def _finalize(p: dict[str, jax.Array]) -> tuple[jax.Array, Metrics]:
 
 
 def _mined_loss(rows_fn, embeddings, labels, *, margin, metric, axis_name,
+                with_anchor_index: bool = False,
                 **rows_kwargs) -> tuple[jax.Array, Metrics]:
   """Runs a miner over every anchor of the (global) batch.
 
@@ -183,6 +184,8 @@ def _mined_loss(rows_fn, embeddings, labels, *, margin, metric, axis_name,
     anchor_index += jax.lax.axis_index(axis_name) * labels.shape[0]
   dist = distances.pairwise_distances(embeddings, candidates, metric=metric)
   pos, neg, valid = _pair_masks(labels, anchor_index, candidate_labels)
+  if with_anchor_index:  # Sampling miners draw per global anchor.
+    rows_kwargs["anchor_index"] = anchor_index
   loss_sum, loss_count, num_triplets, num_active = rows_fn(
       dist, pos, neg, margin=margin, **rows_kwargs)
   partials = _partial_statistics(
@@ -588,6 +591,131 @@ def _easy_hard_rows(dist, pos, neg, *, margin, positive, negative):
           num_anchors, num_anchors, jnp.sum(anchors & (violation > 0)))
 
 
+def distance_weighted_triplet_loss(
+    embeddings: jax.typing.ArrayLike,
+    labels: jax.typing.ArrayLike,
+    key: jax.Array,
+    *,
+    margin: float,
+    metric: str = "euclidean",
+    cutoff: float = 0.5,
+    nonzero_loss_cutoff: float = 1.4,
+    axis_name: str | None = None,
+) -> tuple[jax.Array, Metrics]:
+  """Triplet loss with distance-weighted sampling of the negatives.
+
+  For every positive pair ``(a, p)`` one negative ``n`` is drawn with
+  probability proportional to the inverse of the density of pairwise
+  distances between points uniform on the unit sphere of ``D`` dimensions,
+  ``q(d) ~ d^(D-2) (1 - d^2/4)^((D-3)/2)``, evaluated at the Euclidean
+  distance clipped below at `cutoff`, and zero for negatives at
+  `nonzero_loss_cutoff` or farther (Wu et al.; PyTorch Metric Learning's
+  ``DistanceWeightedMiner`` defaults). The loss is the mean over those
+  triplets of ``max(d_ap - d_an + margin, 0)`` in `metric`; pairs whose
+  anchor has no negative of nonzero weight take no part. The weights assume
+  unit-norm embeddings (the Euclidean distance is taken from `metric` as
+  for unit vectors).
+
+  The draw depends only on `key` and the global indices of anchor and
+  positive, so one device and many draw the same triplets.
+
+  Args:
+    embeddings: ``[B, D]`` float embeddings, L2-normalised.
+    labels: ``[B]`` integer class ids; rows with a label < 0 are padding.
+    key: a `jax.random` key for the draw.
+    margin: non-negative margin.
+    metric: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+    cutoff, nonzero_loss_cutoff: as above.
+    axis_name: as for `batch_all_triplet_loss`.
+
+  Returns:
+    ``(loss, metrics)``: scalar loss and a dict of scalars (`BATCH_METRICS`).
+
+  References:
+    Wu, Manmatha, Smola & Krähenbühl, "Sampling Matters in Deep Embedding
+    Learning", ICCV 2017.
+  """
+  return _mined_loss(_distance_weighted_rows, embeddings, labels,
+                     margin=margin, metric=metric, axis_name=axis_name,
+                     with_anchor_index=True, key=key, metric_name=metric,
+                     dim=jnp.shape(embeddings)[-1], cutoff=cutoff,
+                     nonzero_loss_cutoff=nonzero_loss_cutoff)
+
+
+def distance_weights(dist: jax.Array, neg: jax.Array, *, dim: int,
+                     cutoff: float, nonzero_loss_cutoff: float) -> jax.Array:
+  """Unnormalised sampling weights ``[A, C]`` of the negatives: the inverse
+  of the unit sphere's distance density at Euclidean distances `dist`
+  (clipped below at `cutoff`), zero beyond `nonzero_loss_cutoff` and off
+  `neg`. Each row is scaled by its largest weight (which the draw ignores)."""
+  d = jnp.maximum(dist, cutoff)
+  log_weights = ((2.0 - dim) * jnp.log(d)
+                 - (dim - 3.0) / 2.0 * jnp.log1p(-0.25 * d * d))
+  keep = neg & (dist < nonzero_loss_cutoff) & jnp.isfinite(log_weights)
+  log_weights = jnp.where(keep, log_weights, -jnp.inf)
+  top = jnp.max(log_weights, axis=1, keepdims=True)
+  return jnp.where(keep, jnp.exp(log_weights - jnp.where(
+      jnp.isfinite(top), top, 0.0)), 0.0)
+
+
+def _euclidean(dist: jax.Array, metric: str) -> jax.Array:
+  """The Euclidean distance of unit vectors from their `metric` distance."""
+  if metric == "squared_euclidean":
+    return distances.safe_sqrt(dist)
+  if metric == "cosine":
+    return distances.safe_sqrt(2.0 * dist)
+  return dist
+
+
+def _draw_negatives(dist, neg, key, anchor_index, *, metric_name, dim,
+                    cutoff, nonzero_loss_cutoff):
+  """One negative column per (anchor row, column) ``[A, C]``, drawn by the
+  distance weights, and whether each row has a negative to draw."""
+  weights = distance_weights(
+      _euclidean(jax.lax.stop_gradient(dist), metric_name), neg, dim=dim,
+      cutoff=cutoff, nonzero_loss_cutoff=nonzero_loss_cutoff)
+  cdf = jnp.cumsum(weights, axis=1)
+  total = cdf[:, -1]
+  # One uniform per (anchor, positive column), from the anchor's global
+  # index: the same draws however the batch is split.
+  u = jax.vmap(lambda i: jax.random.uniform(
+      jax.random.fold_in(key, i), (dist.shape[1],)))(anchor_index)
+  negative = jax.vmap(lambda c, v: jnp.searchsorted(c, v, side="right"))(
+      cdf, u * total[:, None])
+  return jnp.minimum(negative, dist.shape[1] - 1), total > 0
+
+
+def distance_weighted_negatives(
+    embeddings: jax.typing.ArrayLike, labels: jax.typing.ArrayLike,
+    key: jax.Array, *, metric: str = "euclidean", cutoff: float = 0.5,
+    nonzero_loss_cutoff: float = 1.4) -> tuple[jax.Array, jax.Array]:
+  """The negatives `distance_weighted_triplet_loss` draws: ``[B, B]``
+  column indices (entry ``(a, p)`` is the negative of pair ``(a, p)``;
+  meaningful where ``(a, p)`` is a positive pair) and ``[B]`` whether each
+  anchor has a negative of nonzero weight."""
+  embeddings, labels = _check_batch(embeddings, labels, 0.0, metric)
+  dist = distances.pairwise_distances(embeddings, metric=metric)
+  index = jnp.arange(labels.shape[0])
+  _, neg, _ = _pair_masks(labels, index, labels)
+  return _draw_negatives(dist, neg, key, index, metric_name=metric,
+                         dim=embeddings.shape[1], cutoff=cutoff,
+                         nonzero_loss_cutoff=nonzero_loss_cutoff)
+
+
+def _distance_weighted_rows(dist, pos, neg, *, margin, key, anchor_index,
+                            **draw_settings):
+  """Distance-weighted sampling over anchor rows: (loss sum, loss count,
+  triplets, active)."""
+  negative, drawn = _draw_negatives(dist, neg, key, anchor_index,
+                                    **draw_settings)
+  d_an = jnp.take_along_axis(dist, negative, axis=1)
+  triplets = pos & drawn[:, None]
+  violation = dist - d_an + margin
+  count = jnp.sum(triplets)
+  return (jnp.sum(jnp.where(triplets, jax.nn.relu(violation), 0.0)), count,
+          count, jnp.sum(triplets & (violation > 0)))
+
+
 def triplet_margin_loss(
     anchors: jax.typing.ArrayLike,
     positives: jax.typing.ArrayLike,
@@ -649,6 +777,11 @@ def triplet_margin_loss(
   }
   return jnp.mean(per_triplet), metrics
 
+
+# Losses that draw at random, by name; they take a key after the labels.
+SAMPLING_LOSSES: dict[str, LossFn] = {
+    "distance_weighted": distance_weighted_triplet_loss,
+}
 
 # Mining losses by the names used in configs and on the command line.
 MINING_LOSSES: dict[str, LossFn] = {

@@ -71,7 +71,7 @@ def make_optimizer(config: Config, frozen=None
 
 
 def compute_loss(embeddings: jax.Array, labels: jax.Array, config: Config, *,
-                 axis_name: str | None = None
+                 key: jax.Array | None = None, axis_name: str | None = None
                  ) -> tuple[jax.Array, losses.Metrics]:
   """The configured loss of a batch of embeddings.
 
@@ -80,6 +80,7 @@ def compute_loss(embeddings: jax.Array, labels: jax.Array, config: Config, *,
       are anchor, positive and negative of triplet ``i``.
     labels: ``[B]``; < 0 marks padding rows.
     config: names the loss, margin, metric and mining scope.
+    key: the draws of a sampling loss (`losses.SAMPLING_LOSSES`).
     axis_name: the mapped axis the batch is split along, if any. Global
       mining mines the whole batch across it; local mining mines each
       device's shard alone and averages the losses.
@@ -92,13 +93,18 @@ def compute_loss(embeddings: jax.Array, labels: jax.Array, config: Config, *,
     loss, metrics = losses.triplet_margin_loss(
         triplets[:, 0], triplets[:, 1], triplets[:, 2], margin=config.margin,
         metric=config.metric)
-  elif config.mining_scope == "global":
-    return losses.MINING_LOSSES[config.loss](
-        embeddings, labels, margin=config.margin, metric=config.metric,
-        axis_name=axis_name)
   else:
-    loss, metrics = losses.MINING_LOSSES[config.loss](
-        embeddings, labels, margin=config.margin, metric=config.metric)
+    loss_fn = losses.MINING_LOSSES.get(config.loss)
+    if loss_fn is None:  # It draws, from the key.
+      if key is None:
+        raise ValueError(f"loss {config.loss!r} draws at random: give a key.")
+      loss_fn = functools.partial(losses.SAMPLING_LOSSES[config.loss],
+                                  key=key)
+    if config.mining_scope == "global":
+      return loss_fn(embeddings, labels, margin=config.margin,
+                     metric=config.metric, axis_name=axis_name)
+    loss, metrics = loss_fn(embeddings, labels, margin=config.margin,
+                            metric=config.metric)
   if axis_name is not None:
     loss, metrics = jax.lax.pmean((loss, metrics), axis_name)
   return loss, metrics
@@ -133,19 +139,24 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
   if axis_name is not None:  # This device's rows of the global batch.
     rows = dict(first_row=jax.lax.axis_index(axis_name) * images.shape[0],
                 batch_size=images.shape[0] * jax.lax.axis_size(axis_name))
-  loss_of = functools.partial(compute_loss, config=config, axis_name=axis_name)
+  loss_key = jax.random.fold_in(key, 1)  # Augmentation draws from `key`.
+
+  def loss_of(embeddings, labels, loss_key, axis_name=axis_name):
+    return compute_loss(embeddings, labels, config, key=loss_key,
+                        axis_name=axis_name)
+
   if mesh is not None and mesh.size > 1:
     axis = parallel.DATA_AXIS
-    loss_of = jax.shard_map(
-        functools.partial(compute_loss, config=config, axis_name=axis),
-        mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P())
+    loss_of = jax.shard_map(functools.partial(loss_of, axis_name=axis),
+                            mesh=mesh, in_specs=(P(axis), P(axis), P()),
+                            out_specs=P())
 
   def loss_fn(params, batch_stats):
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
     x = augment.apply(models.preprocess(images), key, config, **rows)
     # Padding rows take no part in batch statistics either.
     loss, metrics = loss_of(model(x, (labels >= 0)[:, None, None, None]),
-                            labels)
+                            labels, loss_key)
     return loss, (metrics, nnx.state(model, nnx.BatchStat))
 
   (loss, (metrics, batch_stats)), grads = jax.value_and_grad(
