@@ -24,6 +24,7 @@ the main job; 2,048 for a ResNet-50's backbone features, 512 for a
 ResNet-18's).
 """
 
+import dataclasses
 import functools
 import json
 from typing import Callable
@@ -79,10 +80,7 @@ def _network() -> tuple[Embedder, config_lib.Config, dict, Callable]:
       raise ValueError("--features=backbone goes with --model; a trained "
                        "run embeds with its head.")
     run = workdir_lib.restore(_WORKDIR.value)
-    embedder = run.embedder
-    embedder = Embedder(embedder.graphdef, embedder.params,
-                        embedder.batch_stats, _BATCH_SIZE.value,
-                        embedder.input_size)
+    embedder = dataclasses.replace(run.embedder, batch_size=_BATCH_SIZE.value)
     size, _, channels = run.image_shape
     config = run.config.replace(image_size=size, channels=channels)
     return embedder, config, {"workdir": _WORKDIR.value, "step": run.step,

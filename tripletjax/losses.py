@@ -355,6 +355,17 @@ def batch_hard_triplet_loss(
                      metric=metric, axis_name=axis_name, soft=soft)
 
 
+def _pick(dist, mask, closest: bool):
+  """Per row, the closest (or farthest) column of `mask` (the first at
+  ties): ``(column [A], its distance [A], whether the row has one [A])``;
+  the distance's gradient flows to that column alone."""
+  masked = jnp.where(mask, dist, jnp.inf if closest else -jnp.inf)
+  column = jnp.argmin(masked, axis=1) if closest else jnp.argmax(masked,
+                                                                   axis=1)
+  return (column, jnp.take_along_axis(dist, column[:, None], axis=1)[:, 0],
+          jnp.any(mask, axis=1))
+
+
 def _hardest(dist, pos, neg):
   """Each anchor row's farthest positive and closest negative.
 
@@ -362,9 +373,9 @@ def _hardest(dist, pos, neg):
     ``(positive, negative, anchors)``: column indices ``[A]`` (the first at
     ties) and whether the row has both a positive and a negative.
   """
-  positive = jnp.argmax(jnp.where(pos, dist, -jnp.inf), axis=1)
-  negative = jnp.argmin(jnp.where(neg, dist, jnp.inf), axis=1)
-  return positive, negative, jnp.any(pos, axis=1) & jnp.any(neg, axis=1)
+  positive, _, has_positive = _pick(dist, pos, closest=False)
+  negative, _, has_negative = _pick(dist, neg, closest=True)
+  return positive, negative, has_positive & has_negative
 
 
 def hardest_triplets(
@@ -405,9 +416,9 @@ def hardest_triplets(
 
 def _batch_hard_rows(dist, pos, neg, *, margin, soft):
   """Batch-hard over anchor rows: (loss sum, loss count, triplets, active)."""
-  positive, negative, anchors = _hardest(dist, pos, neg)
-  hardest_pos = jnp.take_along_axis(dist, positive[:, None], axis=1)[:, 0]
-  hardest_neg = jnp.take_along_axis(dist, negative[:, None], axis=1)[:, 0]
+  _, hardest_pos, has_positive = _pick(dist, pos, closest=False)
+  _, hardest_neg, has_negative = _pick(dist, neg, closest=True)
+  anchors = has_positive & has_negative
   violation = hardest_pos - hardest_neg + margin
   per_anchor = jax.nn.softplus(violation) if soft else jax.nn.relu(violation)
   num_anchors = jnp.sum(anchors)
@@ -561,29 +572,18 @@ def batch_easy_hard_triplet_loss(
                      negative=negative)
 
 
-def _pick(dist, mask, closest: bool):
-  """Per row, the distance of the closest (or farthest) column of `mask`
-  (the first at ties; its gradient flows to that column alone), and
-  whether the row has one."""
-  masked = jnp.where(mask, dist, jnp.inf if closest else -jnp.inf)
-  column = jnp.argmin(masked, axis=1) if closest else jnp.argmax(masked,
-                                                                   axis=1)
-  return (jnp.take_along_axis(dist, column[:, None], axis=1)[:, 0],
-          jnp.any(mask, axis=1))
-
-
 def _easy_hard_rows(dist, pos, neg, *, margin, positive, negative):
   """Easy/semi-hard/hard over anchor rows: (loss sum, loss count, triplets,
   active)."""
   closest_positive = positive == "easy"
   closest_negative = negative != "easy"
   if positive == "semihard":
-    d_an, has_n = _pick(dist, neg, closest_negative)
-    d_ap, has_p = _pick(dist, pos & (dist < d_an[:, None]), False)
+    _, d_an, has_n = _pick(dist, neg, closest_negative)
+    _, d_ap, has_p = _pick(dist, pos & (dist < d_an[:, None]), False)
   else:
-    d_ap, has_p = _pick(dist, pos, closest_positive)
+    _, d_ap, has_p = _pick(dist, pos, closest_positive)
     extra = (dist > d_ap[:, None]) if negative == "semihard" else True
-    d_an, has_n = _pick(dist, neg & extra, closest_negative)
+    _, d_an, has_n = _pick(dist, neg & extra, closest_negative)
   anchors = has_p & has_n
   violation = d_ap - d_an + margin
   num_anchors = jnp.sum(anchors)
