@@ -55,7 +55,9 @@ class GalleryTest(absltest.TestCase):
     for metric in ("euclidean", "cosine", "squared_euclidean"):
       g = make(400)
       g = dataclasses.replace(g, info={**g.info, "metric": metric})
-      g = g.with_approximate().add(make(100, seed=2))
+      built = g.with_approximate()
+      g = built.add(make(100, seed=2))
+      self.assertEqual(built.approximate.ntotal, 400)  # Left as it was.
       gallery.save(g, path)
       g = gallery.load(path)
       queries = np.random.default_rng(6).normal(size=(50, 4)).astype(

@@ -84,13 +84,14 @@ class Gallery:
     other_info = other.info
     self.check_run(other_info["workdir"], other_info["step"],
                    other_info["settings"])
-    if self.approximate is not None:
-      self.approximate.add(_faiss_vectors(other.embeddings,
-                                          self.info["metric"]))
+    approximate = None
+    if self.approximate is not None:  # A copy: this gallery stays as it is.
+      approximate = _faiss().clone_index(self.approximate)
+      approximate.add(_faiss_vectors(other.embeddings, self.info["metric"]))
     return Gallery(np.concatenate([self.embeddings, other.embeddings]),
                    np.concatenate([self.labels, other.labels]),
                    np.concatenate([self.references, other.references]),
-                   self.info, self.approximate)
+                   self.info, approximate)
 
   def with_approximate(self) -> "Gallery":
     """This gallery with a faiss HNSW graph of its items."""
