@@ -33,7 +33,7 @@ from tripletjax.data import augment
 
 
 # All pairs of at most this many images (50 million pairs) are scored for
-# verification (a few seconds on two CPU cores).
+# verification: two passes over blocks of the pair matrix.
 VERIFICATION_MAX_IMAGES = 10_000
 
 
