@@ -10,6 +10,7 @@ process, so the peak resident memory it reports is its own.
 
   python -m experiments.benchmark_retrieval --workdir=runs/mnist-default
   python -m experiments.benchmark_retrieval --references=60000,120000,240000
+  python -m experiments.benchmark_retrieval --references=60000 --profile
 
 Expected on two CPU cores (docs/performance.md): the main job's 10,000 test
 embeddings against its 60,000 train embeddings in a few seconds, MAP@R
@@ -35,6 +36,9 @@ _NOISE = flags.DEFINE_float("noise", 0.12, "Spread of each class around its "
                             "centre, per dimension, before normalising.")
 _METRIC = flags.DEFINE_string("metric", "euclidean", "Distance metric.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
+_PROFILE = flags.DEFINE_bool(
+    "profile", False, "Also print the seconds of each phase of the timed "
+    "call (device phases include waiting for the device).")
 
 
 def _clustered(rng, n, dim, centres, noise):
@@ -45,7 +49,8 @@ def _clustered(rng, n, dim, centres, noise):
       np.float32), labels
 
 
-def _measure(num_q, num_r, dim, classes, noise, metric, workdir) -> dict:
+def _measure(num_q, num_r, dim, classes, noise, metric, workdir,
+             profile) -> dict:
   """Runs in a child process: one call of `retrieval_metrics`, timed twice
   (the first includes compilation)."""
   # pylint: disable=g-import-not-at-top
@@ -74,7 +79,8 @@ def _measure(num_q, num_r, dim, classes, noise, metric, workdir) -> dict:
   for _ in range(2):
     start = time.perf_counter()
     result = retrieval.retrieval_metrics(
-        queries, query_labels, references, reference_labels, metric=metric)
+        queries, query_labels, references, reference_labels, metric=metric,
+        profile=profile)
     times.append(time.perf_counter() - start)
   return {"queries": num_q, "references": num_r, "dim": dim,
           "first_call_seconds": times[0], "seconds": times[1],
@@ -100,7 +106,10 @@ def main(argv):
     with context.Pool(1) as pool:
       table.add(pool.apply(_measure, (
           _QUERIES.value, num_r, _DIM.value, _CLASSES.value, _NOISE.value,
-          _METRIC.value, _WORKDIR.value)))
+          _METRIC.value, _WORKDIR.value, _PROFILE.value)))
+    for name, seconds in table.rows[-1].items():
+      if name.startswith("seconds "):
+        print(f"  {name[len('seconds '):]:<40}{seconds:8.2f} s")
   table.close()
 
 

@@ -36,7 +36,10 @@ ranked at rounding level.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
+import time
 from typing import Sequence
 
 import jax
@@ -70,6 +73,20 @@ def _distances(queries, references, exclude, reference_index, *, metric):
   d = distances.pairwise_distances(queries, references, metric=metric,
                                    precise_close_pairs=False)
   return jnp.where(reference_index[None, :] == exclude[:, None], jnp.inf, d)
+
+
+class _Phases:
+  """Wall-clock seconds per phase of one call, when asked for."""
+
+  def __init__(self, enabled: bool):
+    self.seconds = collections.defaultdict(float) if enabled else None
+
+  @contextlib.contextmanager
+  def __call__(self, name: str):
+    start = time.perf_counter()
+    yield
+    if self.seconds is not None:
+      self.seconds[name] += time.perf_counter() - start
 
 
 def _pad_to(x: np.ndarray, n: int, value=0) -> np.ndarray:
@@ -137,6 +154,7 @@ def retrieval_metrics(
     knn_ks: Sequence[int] = (1,),
     negatives_k: int = 64,
     memory_budget: int = 64 * 2**20,
+    profile: bool = False,
 ) -> dict[str, float]:
   """Retrieval metrics of `queries` against `references`.
 
@@ -203,7 +221,13 @@ def retrieval_metrics(
   per_query = {name: np.zeros(num_q) for name in _metric_names(
       recall_ks, knn_ks)}
 
+  phase = _Phases(profile)
+
   def score(chunk, labels):
+    with phase("metrics (host)"):
+      _score(chunk, labels)
+
+  def _score(chunk, labels):
     for name, values in metrics_from_ranking(
         labels, query_labels[chunk], num_relevant[chunk],
         recall_ks=recall_ks, knn_ks=knn_ks).items():
@@ -218,16 +242,18 @@ def retrieval_metrics(
       break
     if k > negatives_k:
       deeper = len(pending)
-    neg_d, neg_i = neighbors.nearest_neighbors(
-        jnp.asarray(queries[pending]), jnp.asarray(references), k=k,
-        metric=metric, labels=(jnp.asarray(query_labels[pending]),
-                               jnp.asarray(reference_labels)))
+    with phase("nearest negatives (device)"):
+      neg_d, neg_i = neighbors.nearest_neighbors(
+          jnp.asarray(queries[pending]), jnp.asarray(references), k=k,
+          metric=metric, labels=(jnp.asarray(query_labels[pending]),
+                                 jnp.asarray(reference_labels)))
+      neg_d, neg_i = np.asarray(neg_d), np.asarray(neg_i)
     neg_keys = np.zeros((num_q, k), np.uint64)
-    neg_keys[pending] = _pack(np.asarray(neg_d), np.asarray(neg_i))
+    neg_keys[pending] = _pack(neg_d, neg_i)
     too_shallow = _merged_rankings(
         pending, neg_keys, members, class_of_query, queries, references,
         query_labels, reference_labels, self_index, num_relevant, min_depth,
-        metric, memory_budget, score)
+        metric, memory_budget, score, phase)
     pending = pending[too_shallow]
 
   # The few rankings too shallow for their query: against all references.
@@ -238,11 +264,13 @@ def retrieval_metrics(
   for start in range(0, len(redo), rows):
     chunk = redo[start:start + rows]
     padded = _pad_to(chunk, rows, chunk[0])
-    d = np.asarray(_distances(jnp.asarray(queries[padded]), all_refs,
-                              jnp.asarray(self_index[padded]), ref_index,
-                              metric=metric))[:len(chunk)]
-    keys = _pack(d, np.broadcast_to(np.arange(num_r), d.shape))
-    index = _unpack_index(np.sort(keys, axis=1)[:, :depth])
+    with phase("full ranking (device)"):
+      d = np.asarray(_distances(jnp.asarray(queries[padded]), all_refs,
+                                jnp.asarray(self_index[padded]), ref_index,
+                                metric=metric))[:len(chunk)]
+    with phase("full ranking (host)"):
+      keys = _pack(d, np.broadcast_to(np.arange(num_r), d.shape))
+      index = _unpack_index(np.sort(keys, axis=1)[:, :depth])
     score(chunk, np.where(index >= 0, reference_labels[index], -1))
 
   results = {name: float(np.mean(values[counted])) if counted.any()
@@ -251,13 +279,16 @@ def retrieval_metrics(
   results["queries"] = num_q
   results["deeper_ranked_queries"] = deeper
   results["fully_ranked_queries"] = len(redo)
+  if profile:
+    results.update({f"seconds {name}": value
+                    for name, value in phase.seconds.items()})
   return results
 
 
 def _merged_rankings(pending, neg_keys, members, class_of_query, queries,
                      references, query_labels, reference_labels, self_index,
-                     num_relevant, min_depth, metric, memory_budget, score
-                     ) -> np.ndarray:
+                     num_relevant, min_depth, metric, memory_budget, score,
+                     phase) -> np.ndarray:
   """Scores the `pending` queries from their positives and `neg_keys`.
 
   Returns:
@@ -281,10 +312,13 @@ def _merged_rankings(pending, neg_keys, members, class_of_query, queries,
     for start in range(0, len(mine), rows):
       chunk = mine[start:start + rows]
       padded = _pad_to(chunk, rows, chunk[0])
-      d = np.asarray(_distances(
-          jnp.asarray(queries[padded]), ref_vectors,
-          jnp.asarray(self_index[padded]), jnp.asarray(padded_refs),
-          metric=metric))[:len(chunk)]
+      with phase("positives (device)"):
+        d = np.asarray(_distances(
+            jnp.asarray(queries[padded]), ref_vectors,
+            jnp.asarray(self_index[padded]), jnp.asarray(padded_refs),
+            metric=metric))[:len(chunk)]
+      merge = phase("merge (host)")
+      merge.__enter__()
       keys = np.concatenate(
           [_pack(d, np.broadcast_to(padded_refs, d.shape)), neg_keys[chunk]],
           axis=1)
@@ -297,6 +331,7 @@ def _merged_rankings(pending, neg_keys, members, class_of_query, queries,
       exact = np.where(negatives[:, -1] < k, keys.shape[1],
                        np.argmax(negatives == k, axis=1) + 1)
       too_shallow[chunk] = exact < np.maximum(num_relevant[chunk], min_depth)
+      merge.__exit__(None, None, None)
       score(chunk, labels)
   return too_shallow[pending]
 
