@@ -11,6 +11,8 @@ process, so the peak resident memory it reports is its own.
   python -m experiments.benchmark_retrieval --workdir=runs/mnist-default
   python -m experiments.benchmark_retrieval --references=60000,120000,240000
   python -m experiments.benchmark_retrieval --references=60000 --profile
+  python -m experiments.benchmark_retrieval --leave_one_out \
+      --references=60000 --classes=11316   # SOP's size
 
 Expected on two CPU cores (docs/performance.md): the main job's 10,000 test
 embeddings against its 60,000 train embeddings in a few seconds, MAP@R
@@ -36,44 +38,30 @@ _NOISE = flags.DEFINE_float("noise", 0.12, "Spread of each class around its "
                             "centre, per dimension, before normalising.")
 _METRIC = flags.DEFINE_string("metric", "euclidean", "Distance metric.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
+_LEAVE_ONE_OUT = flags.DEFINE_bool(
+    "leave_one_out", False, "Rank the references against each other (each "
+    "query leaves itself out); with --workdir, the test split's.")
 _PROFILE = flags.DEFINE_bool(
     "profile", False, "Also print the seconds of each phase of the timed "
     "call (device phases include waiting for the device).")
 
 
-def _clustered(rng, n, dim, centres, noise):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  labels = rng.integers(0, len(centres), n)
-  x = centres[labels] + noise * rng.normal(size=(n, dim))
-  return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(
-      np.float32), labels
-
-
 def _measure(num_q, num_r, dim, classes, noise, metric, workdir,
-             profile) -> dict:
+             leave_one_out, profile) -> dict:
   """Runs in a child process: one call of `retrieval_metrics`, timed twice
   (the first includes compilation)."""
-  # pylint: disable=g-import-not-at-top
-  import numpy as np
-  from tripletjax import data
-  from tripletjax import retrieval
-  from tripletjax import workdir as workdir_lib
-  # pylint: enable=g-import-not-at-top
+  from tripletjax import retrieval  # pylint: disable=g-import-not-at-top
+  queries, query_labels, references, reference_labels, run_metric = (
+      common.retrieval_embeddings(num_q, num_r, dim, classes, noise,
+                                  workdir))
   if workdir:
-    run = workdir_lib.restore(workdir)
-    train_split, test = data.load_splits(run.config)
-    queries, query_labels = run.embedder(test.images), test.labels
-    references = run.embedder(train_split.images)
-    reference_labels = train_split.labels
     num_q, num_r, dim, metric = (len(queries), len(references),
-                                 queries.shape[1], run.config.metric)
-  else:
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(classes, dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    queries, query_labels = _clustered(rng, num_q, dim, centres, noise)
-    references, reference_labels = _clustered(rng, num_r, dim, centres,
-                                              noise)
+                                 queries.shape[1], run_metric)
+  if leave_one_out:  # The test split's (or the synthetic references').
+    if not workdir:
+      queries, query_labels = references, reference_labels
+    references = reference_labels = None
+    num_r = num_q = len(queries)
   rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   times = []
   for _ in range(2):
@@ -100,13 +88,15 @@ def main(argv):
       ("RSS in (MiB)", "rss_before_mib", ".0f"),
       ("peak RSS", "peak_rss_mib", ".0f"), ("MAP@R", "map_at_r", ".3f"),
       ("P@1", "precision_at_1", ".3f"),
+      ("ranked/query", "ranked_per_query", ".0f"),
       ("fully ranked", "fully_ranked_queries", "d")], _JSON.value)
   sizes = [0] if _WORKDIR.value else map(int, _REFERENCES.value)
   for num_r in sizes:
     with context.Pool(1) as pool:
       table.add(pool.apply(_measure, (
           _QUERIES.value, num_r, _DIM.value, _CLASSES.value, _NOISE.value,
-          _METRIC.value, _WORKDIR.value, _PROFILE.value)))
+          _METRIC.value, _WORKDIR.value, _LEAVE_ONE_OUT.value,
+          _PROFILE.value)))
     for name, seconds in table.rows[-1].items():
       if name.startswith("seconds "):
         print(f"  {name[len('seconds '):]:<40}{seconds:8.2f} s")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from absl import app
 from absl import flags
 from absl import logging
+import numpy as np
 
 from tripletjax import config as config_lib
 from tripletjax import xla_cpu
@@ -152,3 +153,31 @@ def run(main: Callable[[list[str]], Any], *,
       print(f"Error: {e}", file=sys.stderr)
       sys.exit(2)
   app.run(guarded)
+
+
+def _clustered(rng, n, dim, centres, noise):
+  """``n`` unit vectors around `centres` ``[C, dim]`` and their labels."""
+  labels = rng.integers(0, len(centres), n)
+  x = centres[labels] + noise * rng.normal(size=(n, dim))
+  return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(
+      np.float32), labels
+
+
+def retrieval_embeddings(num_q, num_r, dim, classes, noise, workdir, seed=0):
+  """``(queries, query_labels, references, reference_labels, metric)``: a
+  trained run's test split against its train split, or synthetic ones."""
+  # pylint: disable=g-import-not-at-top
+  from tripletjax import data
+  from tripletjax import workdir as workdir_lib
+  # pylint: enable=g-import-not-at-top
+  if workdir:
+    run = workdir_lib.restore(workdir)
+    train_split, test = data.load_splits(run.config)
+    return (run.embedder(test.images), test.labels,
+            run.embedder(train_split.images), train_split.labels,
+            run.config.metric)
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(classes, dim))
+  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+  return (*_clustered(rng, num_q, dim, centres, noise),
+          *_clustered(rng, num_r, dim, centres, noise), "euclidean")

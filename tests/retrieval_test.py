@@ -1,5 +1,7 @@
 """Retrieval metrics against a brute-force ranking of every reference."""
 
+from unittest import mock
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
@@ -14,6 +16,7 @@ KNN_KS = (1, 3, 4)
 def _check(test, queries, query_labels, references, reference_labels, *,
            metric="euclidean", **settings):
   leave_one_out = references is None
+  settings.setdefault("rank_directly_below", 0)  # Through the groups.
   got = retrieval.retrieval_metrics(
       queries, query_labels, references, reference_labels, metric=metric,
       recall_ks=RECALL_KS, knn_ks=KNN_KS, **settings)
@@ -33,9 +36,11 @@ class RetrievalMetricsTest(parameterized.TestCase):
   @parameterized.product(
       metric=("euclidean", "cosine", "squared_euclidean"),
       leave_one_out=(False, True),
-      negatives_k=(1, 3, 64),  # Small values take the deeper passes.
+      # Small groups and few of them take the full ranking more often;
+      # None: every query ranked directly, as small problems are.
+      groups=((1, 1), (3, 2), (8, 512), None),
       seed=(0, 1))
-  def test_random_embeddings(self, metric, leave_one_out, negatives_k, seed):
+  def test_random_embeddings(self, metric, leave_one_out, groups, seed):
     rng = np.random.default_rng(seed)
     classes = 5
     queries = rng.normal(size=(40, 3)).astype(np.float32)
@@ -47,19 +52,20 @@ class RetrievalMetricsTest(parameterized.TestCase):
     if leave_one_out:
       references = reference_labels = None
     _check(self, queries, query_labels, references, reference_labels,
-           metric=metric, negatives_k=negatives_k,
-           memory_budget=4096)  # A few rows at a time.
+           metric=metric, memory_budget=4096,  # A few rows at a time.
+           **(dict(group_size=groups[0], max_groups=groups[1]) if groups
+              else dict(rank_directly_below=10**9)))
 
   @parameterized.product(
-      path=("merged", "deeper", "full"), leave_one_out=(False, True),
+      path=("groups", "full"), leave_one_out=(False, True),
       metric=("euclidean", "cosine"))
   def test_each_ranking_path(self, path, leave_one_out, metric):
-    """Each way a query's ranking is made: its positives merged with its
-    `negatives_k` nearest negatives, with 8 times as many, or against every
-    reference; the test asserts the path it reached."""
+    """Each way a query's ranking is made: from the members of its best
+    groups, or against every reference (a query that needs more than
+    `max_groups` groups); the test asserts the path it reached."""
     rng = np.random.default_rng(7)
-    # Separated classes need few negatives; overlapping ones need most.
-    spread = 0.05 if path == "merged" else 1.0
+    # Separated classes need few groups; overlapping ones need most.
+    spread = 0.05 if path == "groups" else 1.0
     def points(n):
       labels = rng.integers(0, 5, n)
       x = np.eye(5, dtype=np.float32)[labels] + spread * rng.normal(
@@ -68,17 +74,59 @@ class RetrievalMetricsTest(parameterized.TestCase):
     queries, query_labels = points(120)
     references, reference_labels = (None, None) if leave_one_out else points(
         150)
-    negatives_k = {"merged": 64, "deeper": 16, "full": 1}[path]
     got = _check(self, queries, query_labels, references, reference_labels,
-                 metric=metric, negatives_k=negatives_k, memory_budget=8192)
-    deeper, full = got["deeper_ranked_queries"], got["fully_ranked_queries"]
-    if path == "merged":
-      self.assertEqual((deeper, full), (0, 0))
-    elif path == "deeper":
-      self.assertGreater(deeper, 0)
+                 metric=metric, group_size=4, max_groups=3,
+                 memory_budget=8192)
+    full = got["fully_ranked_queries"]
+    if path == "groups":
       self.assertEqual(full, 0)
+      self.assertLess(got["ranked_per_query"], 150 / 2)
     else:
       self.assertGreater(full, 0)
+
+  def test_fewest_groups_that_suffice(self):
+    """With room for every group, no query falls back to the full ranking:
+    the number of groups each takes suffices (its ranking is exact deep
+    enough). One group fewer for every query does not, for some: those are
+    ranked against every reference, and the metrics stay exact."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 6, 300)
+    x = np.eye(6, dtype=np.float32)[labels] + 0.6 * rng.normal(
+        size=(300, 6)).astype(np.float32)
+    got = _check(self, x[:100], labels[:100], x[100:], labels[100:],
+                 group_size=4, max_groups=1000)
+    self.assertEqual(got["fully_ranked_queries"], 0)
+    chosen = retrieval._Ranker.groups_needed
+    def one_fewer(ranker, chunk, maxima):
+      take, _ = chosen(ranker, chunk, maxima)
+      take = np.maximum(take - 1, 0)
+      theta = maxima[np.arange(len(take)), take].astype(np.float64)
+      bound = np.asarray(retrieval._order_keys_jit(np.nextafter(
+          (theta + ranker.tolerance[chunk.rows]).astype(np.float32),
+          np.float32(np.inf))))
+      return take, bound
+    with mock.patch.object(retrieval._Ranker, "groups_needed", one_fewer):
+      got = _check(self, x[:100], labels[:100], x[100:], labels[100:],
+                   group_size=4, max_groups=1000)
+    self.assertGreater(got["fully_ranked_queries"], 0)
+
+  @parameterized.product(group_size=(1, 3, 8), leave_one_out=(False, True))
+  def test_ties_everywhere(self, group_size, leave_one_out):
+    """Integer points, each repeated under several labels: group maxima,
+    positives and negatives tie exactly; ties go to the lower index."""
+    rng = np.random.default_rng(group_size)
+    points = rng.integers(-2, 3, size=(6, 2)).astype(np.float32)
+    pick = rng.integers(0, 6, 90)
+    references, reference_labels = points[pick], rng.integers(0, 4, 90)
+    queries, query_labels = (None, None)
+    if leave_one_out:
+      queries, query_labels = references, reference_labels
+      references = reference_labels = None
+    else:
+      queries, query_labels = points[rng.integers(0, 6, 30)], rng.integers(
+          0, 4, 30)
+    _check(self, queries, query_labels, references, reference_labels,
+           group_size=group_size, max_groups=2)
 
   def test_hand_computed(self):
     # Query of label 0; references ranked by distance: 0, 1, 0, 1, 0.
@@ -104,14 +152,15 @@ class RetrievalMetricsTest(parameterized.TestCase):
     self.assertAlmostEqual(got["map_at_r"], (1 / 2) / 2)
     _check(self, np.zeros((1, 2), np.float32), np.array([7]),
            np.zeros((9, 2), np.float32), np.array([3, 7, 7, 3, 3, 7, 3, 3, 3]),
-           negatives_k=2)
+           group_size=1, max_groups=1)
 
   def test_leave_one_out_with_classes_of_one(self):
     # Labels 2 and 3 have one element: those queries are lone.
     rng = np.random.default_rng(3)
     points = rng.normal(size=(12, 2)).astype(np.float32)
     labels = np.array([0, 0, 0, 1, 1, 1, 1, 0, 2, 3, 1, 0])
-    got = _check(self, points, labels, None, None, negatives_k=2)
+    got = _check(self, points, labels, None, None, group_size=1,
+                 max_groups=1)
     self.assertEqual(got["lone_queries"], 2)
     # Duplicates: each point's twin ranks first, never the point itself.
     twins = np.repeat(np.arange(6, dtype=np.float32)[:, None] * 10, 2, 0)
@@ -135,6 +184,10 @@ class RetrievalMetricsTest(parameterized.TestCase):
       retrieval.retrieval_metrics(x, [0] * 4, recall_ks=(8,))
     with self.assertRaisesRegex(ValueError, "metric"):
       retrieval.retrieval_metrics(x, [0] * 4, metric="l1")
+    with self.assertRaisesRegex(ValueError, "queries contain NaN"):
+      retrieval.retrieval_metrics(np.full((4, 2), np.nan), [0] * 4)
+    with self.assertRaisesRegex(ValueError, "group_size"):
+      retrieval.retrieval_metrics(x, [0] * 4, group_size=0)
 
 
 if __name__ == "__main__":

@@ -18,61 +18,64 @@ Each is averaged over the queries with ``R >= 1``; queries whose label no
 reference has ("lone" queries) are left out of every metric and counted in
 ``lone_queries``, as PyTorch Metric Learning does.
 
-How it stays exact without a query x reference matrix: MAP@R needs each
-query's ranking to depth R, which for MNIST is 6,000 references. Most of
-those are positives. So each query's positives (all of them, computed class
-by class) are merged with its ``negatives_k`` nearest negatives (one blockwise
-pass, `neighbors.nearest_neighbors`). The merged ranking is exact up to and
-including its ``negatives_k``-th negative; the rare query whose needed depth
-goes beyond that is ranked against every reference instead, a few queries at
-a time. Memory is bounded by ``memory_budget`` bytes per step, whatever the
-number of references.
+How it stays exact at the cost of one matrix product:
 
-Distances are the Gram-matrix expansion (`tripletjax.distances.
-pairwise_distances` with ``precise_close_pairs=False``), as in brute-force
-float32 search: references within about ``sqrt(eps) |x|`` of each other are
-ranked at rounding level.
+* Ranking. References are ranked by the similarity ``q.r - |r|^2 / 2``
+  (Euclidean metrics: ``|q - r|^2 = |q|^2 - 2 (q.r - |r|^2 / 2)``) or
+  ``q.r / |q| |r|`` (cosine), highest first, as one product of vectors with
+  one extra coordinate: the order of the distances, up to float32 rounding
+  of pairs within about ``sqrt(eps) |x|`` of each other (as in any
+  brute-force float32 search).
+* Counting instead of sorting. The metrics need only where each query's
+  negatives (references of another label) fall among its first
+  ``max(R, k)`` places: a negative's place is one plus the positives ranked
+  before it (a binary search in the query's sorted positives) plus the
+  negatives ranked before it. MAP@R then follows in closed form: between two
+  consecutive negatives the m-th positive sits at place ``m + j``, and the
+  sum of ``m / (m + j)`` over a run of places is a difference of harmonic
+  numbers.
+* Finding those negatives without ranking every reference. The references,
+  sorted by label, are cut into groups of `group_size`. One pass over all
+  query x reference pairs (the matrix product and a maximum per group) gives
+  each query its best similarity in every group. Every negative more similar
+  than ``theta_k``, the largest group maximum outside the query's k best
+  groups, lies in those groups (or in the two groups where the query's own
+  class begins and ends, always candidates), and those k groups hold at
+  least k such negatives: the ranking from their members, recomputed
+  exactly, is exact above ``theta_k`` (less a bound on float32 rounding)
+  and reaches at least the depth ``k + (positives above theta_k)``. Each
+  query takes the smallest k whose depth suffices; one that would need more
+  than `max_groups` groups is ranked against every reference.
+
+Memory is bounded by ``memory_budget`` bytes per block, whatever the number
+of references.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
+import dataclasses
 import functools
+import math
 import time
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from tripletjax import distances
-from tripletjax import neighbors
+from tripletjax import sorting
 
-_NONE = np.uint64(np.iinfo(np.uint64).max)  # Sort key of "no reference".
-# Bytes of host memory per ranked entry (keys, indices, labels, metrics).
-_BYTES_PER_ENTRY = 64
-
-
-def _pack(d: np.ndarray, index: np.ndarray) -> np.ndarray:
-  """Sort keys ``(distance, reference index)`` as ``uint64`` (inf is last)."""
-  d = np.maximum(np.asarray(d, np.float32), 0)  # Bits of floats >= 0 sort.
-  keys = (d.view(np.uint32).astype(np.uint64) << np.uint64(32)) | (
-      np.asarray(index).astype(np.uint32).astype(np.uint64))
-  return np.where(np.isfinite(d) & (np.asarray(index) >= 0), keys, _NONE)
-
-
-def _unpack_index(keys: np.ndarray) -> np.ndarray:
-  return np.where(keys == _NONE, -1,
-                  (keys & np.uint64(0xFFFFFFFF)).astype(np.int64))
-
-
-@functools.partial(jax.jit, static_argnames="metric")
-def _distances(queries, references, exclude, reference_index, *, metric):
-  """``[q, r]`` distances, inf where ``reference_index == exclude``."""
-  d = distances.pairwise_distances(queries, references, metric=metric,
-                                   precise_close_pairs=False)
-  return jnp.where(reference_index[None, :] == exclude[:, None], jnp.inf, d)
+_KEY_MAX = np.uint32(0xFFFFFFFF)  # Sort key of "no reference".
+_BLOCK_REFERENCES = 2048  # References per block of the group pass.
+_MAX_ROWS = 1024  # Queries per block.
+# Similarity of a padding reference: below any real one, finite (0 * inf
+# would be NaN in the product).
+_PADDING_SIMILARITY = -1e30
 
 
 class _Phases:
@@ -89,58 +92,99 @@ class _Phases:
       self.seconds[name] += time.perf_counter() - start
 
 
-def _pad_to(x: np.ndarray, n: int, value=0) -> np.ndarray:
+def _order_keys(similarity: jax.Array) -> jax.Array:
+  """``uint32`` keys that sort ascending as `similarity` descends."""
+  x = -similarity
+  x = jnp.where(x == 0, 0.0, x)  # -0.0 and 0.0 are one key.
+  bits = lax.bitcast_convert_type(x, jnp.uint32)
+  return jnp.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))
+
+
+def _product(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.matmul(a, b.T, precision=lax.Precision.HIGHEST)
+
+
+@jax.jit
+def _positive_keys(queries, span, lo, hi, own):
+  """Keys of each query's positives among `span` (``[lo, hi)``, except
+  position `own`), `_KEY_MAX` elsewhere: ``uint32 [n, S]``."""
+  position = jnp.arange(span.shape[0])[None, :]
+  mine = (position >= lo[:, None]) & (position < hi[:, None]) & (
+      position != own[:, None])
+  return jnp.where(mine, _order_keys(_product(queries, span)), _KEY_MAX)
+
+
+@jax.jit
+def _group_maxima(queries, groups, num_refs, first, last):
+  """``[n, G]`` each query's highest similarity in each group; -inf for
+  the groups ``first..last`` (its own class) and groups of padding."""
+  num_groups, size, dim = groups.shape
+  per_block = max(1, _BLOCK_REFERENCES // size)
+  blocks = groups.reshape(-1, per_block * size, dim)
+
+  def block_maxima(_, block):
+    s = _product(queries, block)
+    return None, s.reshape(len(queries), per_block, size).max(axis=2)
+
+  _, maxima = lax.scan(block_maxima, None, blocks)
+  maxima = maxima.transpose(1, 0, 2).reshape(len(queries), num_groups)
+  ids = jnp.arange(num_groups)[None, :]
+  excluded = ((ids >= first[:, None]) & (ids <= last[:, None])) | (
+      ids * size >= num_refs)
+  return jnp.where(excluded, -jnp.inf, maxima)
+
+
+@jax.jit
+def _group_keys(queries, groups, ids):
+  """Keys of every member of the groups `ids` ``[n, c]``: ``[n, c * G]``."""
+  s = jnp.einsum("nd,ncgd->ncg", queries, groups[ids],
+                 precision=lax.Precision.HIGHEST)
+  return _order_keys(s.reshape(len(queries), -1))
+
+
+@jax.jit
+def _all_keys(queries, references):
+  return _order_keys(_product(queries, references))
+
+
+_order_keys_jit = jax.jit(_order_keys)
+
+
+def _ranking_vectors(x: np.ndarray, metric: str, *, query: bool
+                     ) -> np.ndarray:
+  """``[N, D + 1]`` float32 rows whose products are the similarities."""
+  x = np.asarray(x, np.float64)
+  if metric == "cosine":
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.where(norm > 0, x / np.where(norm > 0, norm, 1), 0.0)
+    extra = np.ones(len(x)) if query else np.zeros(len(x))
+  else:
+    extra = np.ones(len(x)) if query else -0.5 * np.sum(x * x, axis=1)
+  return np.concatenate([x, extra[:, None]], axis=1).astype(np.float32)
+
+
+def _bucket(n: int, minimum: int = 8) -> int:
+  """`n` rounded up to one of four sizes per octave (few compilations)."""
+  if n <= minimum:
+    return minimum
+  step = 2 ** max(0, math.ceil(math.log2(n)) - 3)
+  return -(-n // step) * step
+
+
+def _power_of_two(n: np.ndarray) -> np.ndarray:
+  """The powers of two >= max(n, 4)."""
+  return 2 ** np.ceil(np.log2(np.maximum(n, 4))).astype(np.int64)
+
+
+def _pad_columns(x: np.ndarray, n: int) -> np.ndarray:
+  return np.pad(x, ((0, 0), (0, n - x.shape[1])))
+
+
+def _pad_rows(x: np.ndarray, n: int, value=0) -> np.ndarray:
   pad = n - x.shape[0]
   if pad <= 0:
     return x
   return np.concatenate([x, np.full((pad, *x.shape[1:]), value, x.dtype)])
-
-
-def metrics_from_ranking(neighbor_labels: np.ndarray, query_labels: np.ndarray,
-                         num_relevant: np.ndarray, *,
-                         recall_ks: Sequence[int] = (1, 2, 4, 8),
-                         knn_ks: Sequence[int] = (1,)) -> dict[str, np.ndarray]:
-  """Per-query metrics from each query's ranked reference labels.
-
-  Args:
-    neighbor_labels: ``[Q, P]`` labels of the references in ranked order,
-      ``P >= max(R, recall_ks, knn_ks)`` for every query; -1 pads.
-    query_labels: ``[Q]``.
-    num_relevant: ``[Q]`` R, the number of references with the query's label.
-    recall_ks: the k of recall@k.
-    knn_ks: the k of k-NN accuracy.
-
-  Returns:
-    ``{name: float64 [Q]}``, one value per query.
-  """
-  query_labels = np.asarray(query_labels)
-  rel = neighbor_labels == query_labels[:, None]
-  depth = rel.shape[1]
-  positions = np.arange(1, depth + 1)
-  within_r = positions[None, :] <= num_relevant[:, None]
-  hits = np.cumsum(rel, axis=1)
-  safe_r = np.maximum(num_relevant, 1)
-  out = {
-      "precision_at_1": rel[:, 0].astype(np.float64),
-      "r_precision": np.sum(rel & within_r, axis=1) / safe_r,
-      "map_at_r": np.sum(np.where(rel & within_r, hits / positions, 0.0),
-                         axis=1) / safe_r,
-  }
-  for k in recall_ks:
-    out[f"recall_at_{k}"] = rel[:, :k].any(axis=1).astype(np.float64)
-  for k in knn_ks:
-    out[f"knn_accuracy_at_{k}"] = _majority_is_right(
-        neighbor_labels[:, :k], query_labels).astype(np.float64)
-  return out
-
-
-def _majority_is_right(labels: np.ndarray, truth: np.ndarray) -> np.ndarray:
-  """Whether the majority of each row of `labels` is `truth`; a tie in
-  votes goes to the tied label that appears first in the row."""
-  votes = (labels[:, :, None] == labels[:, None, :]).sum(axis=2)
-  votes = np.where(labels >= 0, votes, -1)
-  winner = labels[np.arange(len(labels)), np.argmax(votes, axis=1)]
-  return winner == truth
 
 
 def retrieval_metrics(
@@ -152,7 +196,9 @@ def retrieval_metrics(
     metric: str = "euclidean",
     recall_ks: Sequence[int] = (1, 2, 4, 8),
     knn_ks: Sequence[int] = (1,),
-    negatives_k: int = 64,
+    group_size: int = 8,
+    max_groups: int = 512,
+    rank_directly_below: int = 8192,
     memory_budget: int = 64 * 2**20,
     profile: bool = False,
 ) -> dict[str, float]:
@@ -167,15 +213,21 @@ def retrieval_metrics(
     metric: a name of `tripletjax.distances.METRIC_NAMES`.
     recall_ks: the k of ``recall_at_k``.
     knn_ks: the k of ``knn_accuracy_at_k``.
-    negatives_k: nearest negatives kept per query in the blockwise pass.
-    memory_budget: bytes of the largest intermediate array.
+    group_size: references per group of the group pass.
+    max_groups: the most groups whose members a query ranks; a query that
+      needs more is ranked against every reference.
+    rank_directly_below: with fewer references than this, every query is
+      ranked against all of them (cheap there, and fewer compilations).
+    memory_budget: bytes of the largest block of work arrays.
+    profile: also return the seconds of each phase (``"seconds <phase>"``;
+      a device phase includes waiting for the device).
 
   Returns:
     ``{name: mean over the queries with R >= 1}`` for the metrics of the
     module docstring, plus ``queries``, ``lone_queries`` (how many had
-    R = 0), and how many queries needed the deeper pass with
-    ``8 * negatives_k`` negatives (``deeper_ranked_queries``) and the full
-    ranking (``fully_ranked_queries``).
+    R = 0), the mean number of references ranked per query
+    (``ranked_per_query``) and how many queries were ranked against every
+    reference (``fully_ranked_queries``).
   """
   distances.check_metric(metric)
   leave_one_out = references is None
@@ -201,139 +253,443 @@ def retrieval_metrics(
   if min(*recall_ks, *knn_ks) < 1:
     raise ValueError(f"recall_ks and knn_ks must be >= 1, got {recall_ks} "
                      f"and {knn_ks}.")
+  if group_size < 1 or max_groups < 1:
+    raise ValueError(f"group_size and max_groups must be >= 1, got "
+                     f"{group_size} and {max_groups}.")
+  for name, x in (("queries", queries), ("references", references)):
+    if not np.isfinite(x).all():
+      raise ValueError(f"{name} contain NaN or infinite values.")
   num_q, num_r = len(queries), len(references)
   min_depth = max(*recall_ks, *knn_ks)
   if num_r - leave_one_out < min_depth:
     raise ValueError(f"{num_r} references are too few for k = {min_depth}.")
 
-  classes, class_of_ref = np.unique(reference_labels, return_inverse=True)
-  members = [np.flatnonzero(class_of_ref == c) for c in range(len(classes))]
-  class_of_query = np.searchsorted(classes, query_labels)
-  known = (class_of_query < len(classes)) & (
-      classes[np.minimum(class_of_query, len(classes) - 1)] == query_labels)
-  self_index = np.arange(num_q) if leave_one_out else np.full(num_q, -1)
-  num_relevant = np.zeros(num_q, np.int64)
-  num_relevant[known] = np.array([len(m) for m in members])[
-      class_of_query[known]] - leave_one_out
-  counted = num_relevant >= 1
-  depth = max(min_depth, int(num_relevant.max(initial=0)))
-
-  per_query = {name: np.zeros(num_q) for name in _metric_names(
-      recall_ks, knn_ks)}
-
   phase = _Phases(profile)
+  ranker = _Ranker(queries, references, reference_labels, metric,
+                   group_size, memory_budget, phase)
+  # Each query's class: its references at sorted positions [lo, hi).
+  classes, lo, counts = np.unique(ranker.sorted_labels, return_index=True,
+                                  return_counts=True)
+  class_of_query = np.minimum(np.searchsorted(classes, query_labels),
+                              len(classes) - 1)
+  known = classes[class_of_query] == query_labels
+  query_lo = np.where(known, lo[class_of_query], 0)
+  query_hi = np.where(known, query_lo + counts[class_of_query], 0)
+  own = np.full(num_q, -1)
+  if leave_one_out:
+    own = ranker.position_of[np.arange(num_q)]
+  num_relevant = query_hi - query_lo - (leave_one_out & known)
+  counted = num_relevant >= 1
+  harmonic = np.concatenate([[0.0], np.cumsum(
+      1.0 / np.arange(1, int(num_relevant.max(initial=0)) + 2))])
 
-  def score(chunk, labels):
-    with phase("metrics (host)"):
-      _score(chunk, labels)
-
-  def _score(chunk, labels):
-    for name, values in metrics_from_ranking(
-        labels, query_labels[chunk], num_relevant[chunk],
-        recall_ks=recall_ks, knn_ks=knn_ks).items():
-      per_query[name][chunk] = values
-
-  pending = np.flatnonzero(known)
-  deeper = 0
-  # Each query's positives merged with its nearest negatives; the queries
-  # that need a deeper ranking try again with 8x as many negatives.
-  for k in sorted({min(negatives_k, num_r), min(8 * negatives_k, num_r)}):
-    if not len(pending):
-      break
-    if k > negatives_k:
-      deeper = len(pending)
-    with phase("nearest negatives (device)"):
-      neg_d, neg_i = neighbors.nearest_neighbors(
-          jnp.asarray(queries[pending]), jnp.asarray(references), k=k,
-          metric=metric, labels=(jnp.asarray(query_labels[pending]),
-                                 jnp.asarray(reference_labels)))
-      neg_d, neg_i = np.asarray(neg_d), np.asarray(neg_i)
-    neg_keys = np.zeros((num_q, k), np.uint64)
-    neg_keys[pending] = _pack(neg_d, neg_i)
-    too_shallow = _merged_rankings(
-        pending, neg_keys, members, class_of_query, queries, references,
-        query_labels, reference_labels, self_index, num_relevant, min_depth,
-        metric, memory_budget, score, phase)
-    pending = pending[too_shallow]
-
-  # The few rankings too shallow for their query: against all references.
-  redo = pending
-  rows = max(1, memory_budget // (_BYTES_PER_ENTRY * num_r))
-  all_refs = jnp.asarray(references)
-  ref_index = jnp.arange(num_r)
-  for start in range(0, len(redo), rows):
-    chunk = redo[start:start + rows]
-    padded = _pad_to(chunk, rows, chunk[0])
-    with phase("full ranking (device)"):
-      d = np.asarray(_distances(jnp.asarray(queries[padded]), all_refs,
-                                jnp.asarray(self_index[padded]), ref_index,
-                                metric=metric))[:len(chunk)]
-    with phase("full ranking (host)"):
-      keys = _pack(d, np.broadcast_to(np.arange(num_r), d.shape))
-      index = _unpack_index(np.sort(keys, axis=1)[:, :depth])
-    score(chunk, np.where(index >= 0, reference_labels[index], -1))
+  names = _metric_names(recall_ks, knn_ks)
+  per_query = {name: np.zeros(num_q) for name in names}
+  fully = ranked = 0
+  chunks = _chunks(np.flatnonzero(counted), query_lo, query_hi,
+                   memory_budget)
+  for rows in chunks:
+    span_lo, span_hi = query_lo[rows].min(), query_hi[rows].max()
+    with phase("positives (device)"):
+      positive_keys = ranker.positive_keys(
+          rows, span_lo, span_hi, query_lo[rows] - span_lo,
+          query_hi[rows] - span_lo,
+          np.where(own[rows] >= 0, own[rows] - span_lo, -1))
+    with phase("sort positives (host)"):
+      sorted_positives = _by_rows(lambda x: np.sort(x, axis=1),
+                                  positive_keys)
+    chunk = _Chunk(
+        rows=rows, label=query_labels[rows], relevant=num_relevant[rows],
+        needed=np.maximum(num_relevant[rows], min_depth),
+        positive_keys=positive_keys, sorted_positives=sorted_positives,
+        span_index=ranker.order[span_lo:span_hi],
+        reference_labels=reference_labels)
+    if num_r < rank_directly_below:
+      take = np.full(len(rows), -1)
+    else:
+      maxima, ids = ranker.best_groups(rows, query_lo[rows], query_hi[rows],
+                                       max_groups + 1)
+      with phase("choose groups (host)"):
+        take, bound = ranker.groups_needed(chunk, maxima)
+    full = np.flatnonzero(take < 0)
+    for part in ranker.parts_by_width(np.flatnonzero(take >= 0), take):
+      keys, index, labels = ranker.group_candidates(
+          rows[part], ids[part], take[part], query_lo[rows[part]],
+          query_hi[rows[part]])
+      ranked += keys.shape[1] * len(part)
+      with phase("rank (host)"):
+        exact = _rank(chunk, part, keys, index, labels, bound[part],
+                      harmonic, recall_ks, knn_ks, per_query)
+      full = np.concatenate([full, part[~exact]])
+    fully += len(full)
+    ranked += len(full) * num_r
+    for part in ranker.full_parts(full):
+      keys, index, labels = ranker.all_candidates(rows[part])
+      with phase("rank (host)"):
+        _rank(chunk, part, keys, index, labels, None, harmonic, recall_ks,
+              knn_ks, per_query)
 
   results = {name: float(np.mean(values[counted])) if counted.any()
              else float("nan") for name, values in per_query.items()}
   results["lone_queries"] = int(num_q - counted.sum())
   results["queries"] = num_q
-  results["deeper_ranked_queries"] = deeper
-  results["fully_ranked_queries"] = len(redo)
+  results["ranked_per_query"] = ranked / max(1, counted.sum())
+  results["fully_ranked_queries"] = fully
   if profile:
     results.update({f"seconds {name}": value
                     for name, value in phase.seconds.items()})
   return results
 
 
-def _merged_rankings(pending, neg_keys, members, class_of_query, queries,
-                     references, query_labels, reference_labels, self_index,
-                     num_relevant, min_depth, metric, memory_budget, score,
-                     phase) -> np.ndarray:
-  """Scores the `pending` queries from their positives and `neg_keys`.
+def _chunks(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+            memory_budget: int) -> list[np.ndarray]:
+  """`rows` (queries with positives) in blocks of consecutive classes whose
+  positives' keys (``[rows, span]``, three copies) fit the budget."""
+  rows = rows[np.argsort(lo[rows], kind="stable")]
+  entries = max(1, memory_budget // 12)
+  out, start = [], 0
+  while start < len(rows):
+    end = start + 1
+    span_lo = lo[rows[start]]
+    while end < len(rows) and end - start < _MAX_ROWS and (
+        (end - start + 1) * (hi[rows[end]] - span_lo) <= entries):
+      end += 1
+    out.append(rows[start:end])
+    start = end
+  return out
+
+
+class _Ranker:
+  """The references, sorted by label and grouped, on the device; the device
+  computations of `retrieval_metrics`, block by block."""
+
+  def __init__(self, queries, references, reference_labels, metric,
+               group_size, memory_budget, phase):
+    self.order = np.argsort(reference_labels, kind="stable")
+    self.sorted_labels = reference_labels[self.order]
+    self.position_of = np.empty_like(self.order)
+    self.position_of[self.order] = np.arange(len(self.order))
+    self.queries = _ranking_vectors(queries, metric, query=True)
+    sorted_refs = _ranking_vectors(references[self.order], metric,
+                                   query=False)
+    self.num_refs, dim = sorted_refs.shape
+    self.size = group_size
+    num_groups = -(-self.num_refs // group_size)
+    per_block = max(1, _BLOCK_REFERENCES // group_size)
+    num_groups = -(-num_groups // per_block) * per_block
+    padded = np.zeros((num_groups * group_size, dim), np.float32)
+    padded[:, -1] = _PADDING_SIMILARITY
+    padded[:self.num_refs] = sorted_refs
+    self.sorted_refs = sorted_refs
+    self.sorted_refs_on_device = jnp.asarray(sorted_refs)
+    self.groups = jnp.asarray(padded.reshape(num_groups, group_size, dim))
+    # A bound on the float32 rounding of one similarity: twice the worst
+    # case of a dot product of D + 1 terms, relative to |q| |r|.
+    self.tolerance = 2 * dim * np.finfo(np.float32).eps * np.linalg.norm(
+        self.queries, axis=1) * np.linalg.norm(sorted_refs, axis=1).max(
+            initial=0)
+    self.budget = memory_budget
+    self.phase = phase
+
+  def _query_block(self, rows: np.ndarray) -> jax.Array:
+    return jnp.asarray(_pad_rows(self.queries[rows], _bucket(len(rows))))
+
+  def positive_keys(self, rows, span_lo, span_hi, lo, hi, own) -> np.ndarray:
+    """``uint32 [len(rows), span]``: keys of each query's positives."""
+    span = span_hi - span_lo
+    n = _bucket(len(rows))
+    refs = _pad_rows(self.sorted_refs[span_lo:span_hi],
+                     _bucket(span))
+    keys = _positive_keys(self._query_block(rows), jnp.asarray(refs),
+                          jnp.asarray(_pad_rows(lo, n)),
+                          jnp.asarray(_pad_rows(hi, n)),
+                          jnp.asarray(_pad_rows(own, n, -1)))
+    return np.asarray(keys)[:len(rows), :span]
+
+  def best_groups(self, rows, lo, hi, top) -> tuple[np.ndarray, np.ndarray]:
+    """``(maxima, ids)`` of the `top` best groups outside the own class."""
+    n = _bucket(len(rows))
+    with self.phase("group maxima (device)"):
+      maxima = np.asarray(_group_maxima(
+          self._query_block(rows), self.groups, self.num_refs,
+          jnp.asarray(_pad_rows(lo // self.size, n)),
+          jnp.asarray(_pad_rows((hi - 1) // self.size, n))))[:len(rows)]
+    # The best `top` by a partial sort: XLA's top_k is several times
+    # slower on the CPU for hundreds of groups.
+    with self.phase("select groups (host)"):
+      return _by_rows(functools.partial(_best, top=min(top, maxima.shape[1])),
+                      maxima)
+
+  def groups_needed(self, chunk, maxima) -> tuple[np.ndarray, np.ndarray]:
+    """How many of its best groups each query ranks, and the key below
+    which its ranking is then exact: ``[n]`` each.
+
+    With k groups, the ranking is exact above ``theta_k`` (the next group's
+    maximum) plus the rounding bound ``tol``, and holds there every positive
+    and at least one negative of each group whose maximum exceeds
+    ``theta_k + 2 tol``. The smallest k for which those reach the needed
+    depth is taken; queries for which no k within `maxima` does get -1.
+    """
+    n, top = maxima.shape
+    tol = self.tolerance[chunk.rows, None]
+
+    def keys_of(x):  # Keys of x rounded up, so that nothing is cut short.
+      x = np.nextafter(x.astype(np.float32), np.float32(np.inf))
+      return np.asarray(_order_keys_jit(jnp.asarray(
+          _pad_rows(x, _bucket(n)))))[:n]
+
+    bound = keys_of(maxima.astype(np.float64) + tol)
+    sure = keys_of(maxima.astype(np.float64) + 2 * tol)
+    group_keys = keys_of(maxima.astype(np.float64))  # Ascending.
+    rows = np.arange(n)
+
+    def enough(k):  # Increasing in k: a binary search finds the first.
+      groups = _count_below(group_keys, np.full(n, top), rows, sure[rows, k])
+      above = _count_below(chunk.sorted_positives, chunk.relevant, rows,
+                           bound[rows, k])
+      return (groups + above >= chunk.needed) | np.isneginf(maxima[rows, k])
+
+    lo, hi = np.zeros(n, np.int64), np.full(n, top)
+    while (lo < hi).any():
+      mid = (lo + hi) // 2
+      ok = enough(np.minimum(mid, top - 1)) & (lo < hi)
+      hi = np.where(ok, mid, hi)
+      lo = np.where(~ok & (lo < hi), mid + 1, lo)
+    take = np.where(lo < top, lo, -1)
+    return take, bound[rows, np.minimum(lo, top - 1)]
+
+  def _rows_per_block(self, width: int) -> int:
+    """Queries per block of `_group_keys` with `width` + 2 groups each."""
+    return int(np.clip(self.budget // (
+        (width + 2) * self.size * (4 * self.queries.shape[1] + 32)),
+                       1, _MAX_ROWS))
+
+  def parts_by_width(self, rows: np.ndarray, take: np.ndarray
+                     ) -> list[np.ndarray]:
+    """`rows` in blocks of equal numbers of groups (powers of two, so that
+    few shapes compile), within the budget."""
+    width = _power_of_two(take[rows])
+    parts = []
+    for w in np.unique(width):
+      mine, block = rows[width == w], self._rows_per_block(w)
+      parts += [mine[i:i + block] for i in range(0, len(mine), block)]
+    return parts
+
+  def group_candidates(self, rows, ids, take, lo, hi):
+    """Keys, reference indices and labels of the members of each query's
+    `take` best groups and its own class's first and last group:
+    ``[n, C]`` each."""
+    width = int(_power_of_two(take).max())
+    first, last = lo // self.size, (hi - 1) // self.size
+    chosen = np.concatenate([
+        np.where(np.arange(width)[None, :] < take[:, None],
+                 ids[:, :width] if ids.shape[1] >= width else _pad_columns(
+                     ids, width), -1),
+        first[:, None], np.where(last > first, last, -1)[:, None]], axis=1)
+    with self.phase("candidates (device)"):
+      n = min(self._rows_per_block(width), int(_power_of_two(len(rows))))
+      keys = np.asarray(_group_keys(
+          jnp.asarray(_pad_rows(self.queries[rows], n)), self.groups,
+          jnp.asarray(_pad_rows(np.maximum(chosen, 0), n))))[:len(rows)]
+    position = (np.maximum(chosen, 0)[:, :, None] * self.size +
+                np.arange(self.size)).reshape(len(rows), -1)
+    valid = np.repeat(chosen >= 0, self.size, axis=1) & (
+        position < self.num_refs)
+    position = np.minimum(position, self.num_refs - 1)
+    index = np.where(valid, self.order[position], -1)
+    return keys, index, self.sorted_labels[position]
+
+  def full_parts(self, pending: np.ndarray) -> list[np.ndarray]:
+    rows = max(1, self.budget // (24 * self.num_refs))
+    return [pending[i:i + rows] for i in range(0, len(pending), rows)]
+
+  def all_candidates(self, rows):
+    """Keys, indices and labels of every reference, for each of `rows`."""
+    with self.phase("full ranking (device)"):
+      keys = np.asarray(_all_keys(self._query_block(rows),
+                                  self.sorted_refs_on_device))[:len(rows)]
+    shape = keys.shape
+    return (keys, np.broadcast_to(self.order, shape),
+            np.broadcast_to(self.sorted_labels, shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+  """Queries ranked together (``[n]`` fields) and their positives' keys
+  (``[n, S]``: for positions ``span_index`` of the references)."""
+  rows: np.ndarray
+  label: np.ndarray
+  relevant: np.ndarray
+  needed: np.ndarray
+  positive_keys: np.ndarray
+  sorted_positives: np.ndarray
+  span_index: np.ndarray
+  reference_labels: np.ndarray  # [R], by reference index.
+
+
+def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
+          harmonic, recall_ks, knn_ks, per_query) -> np.ndarray:
+  """Scores the queries ``chunk.rows[part]`` from their candidate negatives.
+
+  Args:
+    chunk: the queries' block.
+    part: ``[n]`` rows of the block.
+    keys, index, labels: ``[n, C]`` the candidates' keys, reference indices
+      (-1: none) and labels.
+    bound: ``uint32 [n]``: every negative with a smaller key is among the
+      candidates; None: every negative is.
+    harmonic: ``H[i] = sum_{j<=i} 1 / j``, ``H[0] = 0``.
+    recall_ks, knn_ks: as `retrieval_metrics`.
+    per_query: ``{name: [Q]}``, written for the queries ranked exactly.
 
   Returns:
-    ``bool [len(pending)]``: the queries whose merged ranking was exact to
-    a smaller depth than they need (their scores are then not final).
+    ``bool [n]``: which queries were ranked exactly to their needed depth.
   """
-  k = neg_keys.shape[1]
-  largest = max(len(m) for m in members)
-  is_pending = np.zeros(len(queries), bool)
-  is_pending[pending] = True
-  rows = max(1, min(memory_budget // (_BYTES_PER_ENTRY * (largest + k)),
-                    int(np.bincount(class_of_query[pending]).max())))
-  too_shallow = np.zeros(len(queries), bool)
-  for c, refs in enumerate(members):
-    mine = np.flatnonzero(is_pending & (class_of_query == c))
-    if not len(mine):
-      continue
-    # Padded (references of index -1) so that one compilation serves all.
-    padded_refs = _pad_to(refs, largest, -1)
-    ref_vectors = jnp.asarray(references[np.maximum(padded_refs, 0)])
-    for start in range(0, len(mine), rows):
-      chunk = mine[start:start + rows]
-      padded = _pad_to(chunk, rows, chunk[0])
-      with phase("positives (device)"):
-        d = np.asarray(_distances(
-            jnp.asarray(queries[padded]), ref_vectors,
-            jnp.asarray(self_index[padded]), jnp.asarray(padded_refs),
-            metric=metric))[:len(chunk)]
-      merge = phase("merge (host)")
-      merge.__enter__()
-      keys = np.concatenate(
-          [_pack(d, np.broadcast_to(padded_refs, d.shape)), neg_keys[chunk]],
-          axis=1)
-      keys.sort(axis=1)
-      index = _unpack_index(keys)
-      labels = np.where(index >= 0, reference_labels[index], -1)
-      # Exact up to and including the k-th negative, if there are k.
-      negatives = np.cumsum((index >= 0) & (
-          labels != query_labels[chunk, None]), axis=1, dtype=np.int32)
-      exact = np.where(negatives[:, -1] < k, keys.shape[1],
-                       np.argmax(negatives == k, axis=1) + 1)
-      too_shallow[chunk] = exact < np.maximum(num_relevant[chunk], min_depth)
-      merge.__exit__(None, None, None)
-      score(chunk, labels)
-  return too_shallow[pending]
+  label = chunk.label[part]
+  relevant = chunk.relevant[part]
+  needed = chunk.needed[part]
+  negative = (index >= 0) & (labels != label[:, None])
+  # Past the R-th positive a negative's place is past R: where R places
+  # are all that is needed, those negatives need no ranking.
+  last = np.where(needed == relevant, chunk.sorted_positives[
+      part, np.maximum(relevant - 1, 0)], _KEY_MAX)
+  negative &= keys <= last[:, None]
+  if bound is not None:
+    negative &= keys < bound[:, None]
+  count = negative.sum(axis=1)
+  width = max(1, int(count.max(initial=0)))
+  # The negatives of all rows in rank order: by row, key, reference index.
+  row, column = np.nonzero(negative)
+  order = np.lexsort((index[row, column], keys[row, column], row))
+  row, column = row[order], column[order]
+  neg_keys = keys[row, column]
+  rank = np.arange(len(row)) - np.repeat(np.cumsum(count) - count, count)
+  # Each negative's place: 1 + the positives and the negatives before it.
+  before = _count_below(chunk.sorted_positives, chunk.relevant, part[row],
+                        neg_keys)
+  tied = np.flatnonzero((before < relevant[row]) & (
+      chunk.sorted_positives[part[row], np.minimum(
+          before, chunk.sorted_positives.shape[1] - 1)] == neg_keys))
+  for t in tied:  # Equal keys: the lower reference index first.
+    before[t] += np.count_nonzero(
+        (chunk.positive_keys[part[row[t]]] == neg_keys[t]) &
+        (chunk.span_index < index[row[t], column[t]]))
+  place = np.full((len(part), width), np.iinfo(np.int64).max)
+  place[row, rank] = before + rank + 1
+  neg_index = np.zeros((len(part), width), np.int64)
+  neg_index[row, rank] = index[row, column]
+  exact = np.ones(len(part), bool)
+  if bound is not None:
+    known = _count_below(chunk.sorted_positives, chunk.relevant, part,
+                         bound) + count
+    exact = (bound > last) | (known >= needed)
+  found = np.arange(width)[None, :] < count[:, None]
+  neg_labels = np.where(found, chunk.reference_labels[
+      np.where(found, neg_index, 0)], -1)
+  values = _metrics_from_places(place, neg_labels, label, relevant, harmonic,
+                                recall_ks, knn_ks)
+  rows = chunk.rows[part[exact]]
+  for name, v in values.items():
+    per_query[name][rows] = v[exact]
+  return exact
+
+
+def _best(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+  """The `top` largest values of each row of `x` and their columns,
+  largest first."""
+  column = np.argpartition(-x, top - 1, axis=1)[:, :top]
+  value = np.take_along_axis(x, column, axis=1)
+  order = np.argsort(-value, axis=1, kind="stable")
+  return (np.take_along_axis(value, order, axis=1),
+          np.take_along_axis(column, order, axis=1))
+
+
+def _by_rows(function, *arrays: np.ndarray):
+  """``function(*arrays)`` for blocks of rows in one thread per CPU (NumPy
+  releases the GIL in its sorts), the blocks' results concatenated."""
+  blocks = [b for b in np.array_split(np.arange(len(arrays[0])),
+                                      sorting.usable_cpus()) if len(b)]
+  with concurrent.futures.ThreadPoolExecutor(len(blocks)) as pool:
+    results = list(pool.map(
+        lambda b: function(*(x[b[0]:b[-1] + 1] for x in arrays)), blocks))
+  if isinstance(results[0], tuple):
+    return tuple(np.concatenate(r) for r in zip(*results))
+  return np.concatenate(results)
+
+
+def _count_below(sorted_rows: np.ndarray, length: np.ndarray,
+                 row: np.ndarray, key: np.ndarray) -> np.ndarray:
+  """For each ``(row[i], key[i])``, how many of the first ``length[row[i]]``
+  entries of ``sorted_rows[row[i]]`` (ascending) are below ``key[i]``: one
+  binary search for all pairs.
+  """
+  lo, hi = np.zeros(len(row), np.int64), length[row].astype(np.int64)
+  width = sorted_rows.shape[1]
+  flat, start = sorted_rows.reshape(-1), row.astype(np.int64) * width
+  while (lo < hi).any():
+    active = lo < hi
+    mid = (lo + hi) // 2
+    value = flat[start + np.minimum(mid, width - 1)]
+    below = value < key
+    lo = np.where(active & below, mid + 1, lo)
+    hi = np.where(active & ~below, mid, hi)
+  return lo
+
+
+def _metrics_from_places(place, neg_labels, label, relevant, harmonic,
+                         recall_ks, knn_ks) -> dict[str, np.ndarray]:
+  """Per-query metrics from the places of the negatives.
+
+  Args:
+    place: ``[n, J]`` 1-based places of each query's negatives, ascending;
+      padding (and negatives past the needed depth) may be any larger value.
+    neg_labels: ``[n, J]`` their labels.
+    label: ``[n]`` the queries' labels.
+    relevant: ``[n]`` R >= 1.
+    harmonic: harmonic numbers, ``len > max(R) + 1``.
+    recall_ks, knn_ks: as `retrieval_metrics`.
+
+  Returns:
+    ``{name: float64 [n]}``.
+  """
+  n, width = place.shape
+  r = relevant[:, None]
+  # Runs of positives between consecutive negatives, cut at place R: the
+  # run after the j-th negative holds places b..e, the m-th positive at
+  # place m + j, so it adds sum_{p=b..e} (p - j) / p.
+  cut = np.concatenate([np.zeros((n, 1), np.int64), np.minimum(place, r + 1),
+                        r + 1], axis=1)
+  begin, end = cut[:, :-1] + 1, cut[:, 1:] - 1
+  length = end - begin + 1
+  j = np.arange(width + 1)[None, :]
+  ap = np.where(length > 0, length - j * (
+      harmonic[np.maximum(end, 0)] - harmonic[np.maximum(begin - 1, 0)]), 0.0)
+  negatives_in_r = np.sum(place <= r, axis=1)
+  leading = np.sum(place == np.arange(1, width + 1)[None, :], axis=1)
+  out = {
+      "precision_at_1": (leading == 0).astype(np.float64),
+      "r_precision": (relevant - negatives_in_r) / relevant,
+      "map_at_r": ap.sum(axis=1) / relevant,
+  }
+  for k in recall_ks:
+    out[f"recall_at_{k}"] = (leading < k).astype(np.float64)
+  depth = max(knn_ks)
+  first = np.repeat(label[:, None], depth + 1, axis=1)
+  slot = np.where(place <= depth, place - 1, depth)
+  np.put_along_axis(first, slot, neg_labels, axis=1)
+  for k in knn_ks:
+    out[f"knn_accuracy_at_{k}"] = _majority_is_right(
+        first[:, :k], label).astype(np.float64)
+  return out
+
+
+def _majority_is_right(labels: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """Whether the majority of each row of `labels` is `truth`; a tie in
+  votes goes to the tied label that appears first in the row."""
+  votes = (labels[:, :, None] == labels[:, None, :]).sum(axis=2)
+  votes = np.where(labels >= 0, votes, -1)
+  winner = labels[np.arange(len(labels)), np.argmax(votes, axis=1)]
+  return winner == truth
 
 
 def _metric_names(recall_ks, knn_ks) -> list[str]:
