@@ -159,6 +159,69 @@ def test_one_step_same_on_one_and_eight_devices():
   assert out.count(" ok") == len(config_lib.LOSS_NAMES) + 4, out
 
 
+SAMPLED_STEPS_SCRIPT = """
+    import functools
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from flax import nnx
+    from tripletjax import config as config_lib, models, parallel, sampling
+    from tripletjax import train
+
+    assert jax.device_count() == 8
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (60, 8, 8, 1), dtype=np.uint8)
+    labels = np.repeat(np.arange(6), 10).astype(np.int32)
+    tx = optax.sgd(0.5)
+    graphdef, params, batch_stats = nnx.split(models.create(
+        "cnn", image_shape=(8, 8, 1), seed=0, widths=(4,), hidden_dim=16,
+        embedding_dim=8), nnx.Param, nnx.BatchStat)
+    state = train.TrainState(step=jnp.array(5, jnp.int32), params=params,
+                             batch_stats=batch_stats,
+                             opt_state=tx.init(params))
+
+    def close(a, b):
+      return all(np.allclose(x, y, rtol=1e-4, atol=1e-6)
+                 for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    # Batches of 30 rows (P x K = 3 x 10, 5 images x 6 views), padded to 32
+    # on 8 devices, and 8 random triplets (never split).
+    for name, changes in (("pk", dict(classes_per_batch=3,
+                                      examples_per_class=10)),
+                          ("triplets", dict(loss="random_triplets",
+                                            triplets_per_batch=8)),
+                          ("views", dict(positives="augmented",
+                                         classes_per_batch=5,
+                                         examples_per_class=6))):
+      config = config_lib.Config(margin=0.3, **changes)
+      sampler = sampling.create(config, labels).on_device(labels)
+      data = train.DeviceData(images=images, sampler=sampler)
+      steps = functools.partial(train.train_steps, graphdef=graphdef, tx=tx,
+                                config=config)
+      numbers = np.arange(5, 8, dtype=np.int32)  # Steps 5, 6, 7.
+      one, one_metrics = jax.jit(steps)(state, data, numbers)
+      assert int(one.step) == 8
+      for how in ("jit", "pmap"):
+        devices = parallel.create(how)
+        new, metrics = devices.compile(steps)(
+            devices.place_state(state), devices.replicate(data),
+            devices.place_state(numbers))
+        metrics = devices.metrics(metrics)
+        np.testing.assert_allclose(metrics["loss"], one_metrics["loss"],
+                                   rtol=1e-5)
+        assert close(devices.host_state(new), one), (name, how)
+      # The same steps one call each: the same batches and updates.
+      single = state
+      for number in numbers:
+        single, _ = jax.jit(steps)(single, data, number[None])
+      assert close(single, one), name
+      print(name, "ok")
+"""
+
+
+def test_steps_drawn_on_the_device_same_on_one_and_eight_devices():
+  out = run_script(SAMPLED_STEPS_SCRIPT)
+  assert out.count(" ok") == 3, out
+
+
 def test_batch_all_with_a_global_batch_of_8192_on_eight_devices():
   out = run_script("""
     import jax, numpy as np

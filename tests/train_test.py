@@ -96,8 +96,13 @@ def test_held_out_classes_are_evaluated_as_unseen(dataset_dirs, tmp_path):
     data.load_splits(config.replace(train_classes=(1, 12)))
 
 
-def test_resume_equals_uninterrupted_run(dataset_dirs, tmp_path):
-  config = tiny_config(dataset_dirs)
+@pytest.mark.parametrize("sampling,steps_per_call", [("host", 1),
+                                                     ("device", 3)])
+def test_resume_equals_uninterrupted_run(dataset_dirs, tmp_path, sampling,
+                                         steps_per_call):
+  # Calls end at multiples of 3 and of the checkpoint period 4: 3, 4, 6, ...
+  config = tiny_config(dataset_dirs, sampling=sampling,
+                       steps_per_call=steps_per_call)
   straight = tmp_path / "straight"
   train.train_and_evaluate(config, str(straight))
   resumed = tmp_path / "resumed"

@@ -26,6 +26,10 @@ PHOTO_BENCHMARKS = ("cub200", "cars196", "sop")
 AUGMENTATIONS = ("auto", "digits", "photo", "none")
 SMALL_CLASSES = ("drop", "error")
 POSITIVES = ("labels", "augmented")
+SAMPLINGS = ("auto", "device", "host")
+# Settings added since runs were first recorded, with the value that a run
+# recorded without them had in force (where that is not the default).
+EARLIER_VALUES = {"sampling": "host", "steps_per_call": 1}
 TUPLE_FIELDS = ("widths", "train_classes", "knn_ks", "few_shot_shots")
 LOSS_NAMES = (*losses.MINING_LOSSES, *losses.SAMPLING_LOSSES, RANDOM_TRIPLETS)
 
@@ -158,6 +162,18 @@ class Config:
   mining_scope: str = _setting(
       "global", "global: mine the whole batch across devices; local: each "
       "device mines its own shard.")
+  sampling: str = _setting(
+      "auto", "Where the batches are drawn: device (the training images kept "
+      "in device memory, each batch drawn inside the compiled step from "
+      "(seed, step) with jax.random), host (NumPy draws, each batch copied "
+      "to the devices; the batches of runs recorded before 2026-11-25), or "
+      "auto: device when the training images are in memory and fit in "
+      "1 GiB, host otherwise (photo caches).")
+  steps_per_call: int = _setting(
+      0, "Train steps per compiled call (one lax.scan); metrics are read "
+      "back, and checkpoints, evaluations and stop requests honoured, "
+      "between calls. 0: the default measured for the backend "
+      "(docs/performance.md).")
   # Evaluation, checkpoints, logging.
   eval_every: int = _setting(
       1000, "Evaluate every this many steps (0: only at the end).")
@@ -325,6 +341,10 @@ def validate(config: Config) -> Config:
   _require(not c.init_from or os.path.isfile(c.init_from),
            f"init_from {c.init_from!r} is not a file.")
   _require_choice(c, "positives", POSITIVES)
+  _require_choice(c, "sampling", SAMPLINGS)
+  _require(isinstance(c.steps_per_call, int) and c.steps_per_call >= 0,
+           f"steps_per_call must be >= 0 (0: the backend's default), got "
+           f"{c.steps_per_call!r}.")
   _require(c.positives == "labels" or (
       c.loss != RANDOM_TRIPLETS and c.augmentation != "none"),
            "positives=augmented needs a mining loss and an augmentation "

@@ -124,9 +124,36 @@ def local_batch(indices: np.ndarray, labels: np.ndarray, images
   return images[indices[mine]], np.where(real[mine], labels[mine], -1)
 
 
-def global_array(mesh: jax.sharding.Mesh, local: np.ndarray) -> jax.Array:
-  """The global batch-sharded array whose rows this process holds `local`."""
-  return jax.make_array_from_process_local_data(batch_sharded(mesh), local)
+def stack_local_batches(batches: list[tuple[np.ndarray, np.ndarray]]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """`local_batch` results of consecutive steps, stacked: ``[steps, ...]``."""
+  return tuple(np.stack(arrays) for arrays in zip(*batches))
+
+
+def global_array(mesh: jax.sharding.Mesh, local: np.ndarray,
+                 stacked: bool = False) -> jax.Array:
+  """The global batch-sharded array whose rows this process holds `local`
+  (`stacked`: rows along axis 1, axis 0 counting steps)."""
+  spec = P(None, DATA_AXIS) if stacked else P(DATA_AXIS)
+  return jax.make_array_from_process_local_data(NamedSharding(mesh, spec),
+                                                local)
+
+
+def device_rows(batch: jax.Array, *, mesh: jax.sharding.Mesh | None = None,
+                axis_name: str | None = None) -> jax.Array:
+  """A global batch that every device computed, as the step takes it: this
+  device's rows under pmap (`axis_name`), sharded along the mesh under jit.
+
+  Args:
+    batch: ``[B, ...]``, B a multiple of the number of devices.
+  """
+  if axis_name is not None:
+    rows = batch.shape[0] // jax.lax.axis_size(axis_name)
+    return jax.lax.dynamic_slice_in_dim(
+        batch, jax.lax.axis_index(axis_name) * rows, rows)
+  if mesh is not None and mesh.size > 1:
+    return jax.lax.with_sharding_constraint(batch, batch_sharded(mesh))
+  return batch
 
 
 class JitParallel:
@@ -144,9 +171,14 @@ class JitParallel:
     """The state as one copy (for checkpoints and evaluation)."""
     return state
 
-  def place_batch(self, *local_arrays: np.ndarray):
-    """This process's rows of the global batch, as global arrays."""
-    return tuple(global_array(self.mesh, a) for a in local_arrays)
+  def place_batch(self, *local_arrays: np.ndarray, stacked: bool = False):
+    """This process's rows of the global batch, as global arrays
+    (`stacked`: ``[steps, rows, ...]``, one batch per step)."""
+    return tuple(global_array(self.mesh, a, stacked) for a in local_arrays)
+
+  def replicate(self, tree):
+    """Host arrays copied to every device once (the training images)."""
+    return jax.device_put(tree, replicated(self.mesh))
 
   def compile(self, step_fn):
     """`step_fn(state, *batch, mesh=...)` jitted, the state donated."""
@@ -171,9 +203,16 @@ class PmapParallel:
   def host_state(self, state):
     return jax.tree.map(lambda x: x[0], state)
 
-  def place_batch(self, *local_arrays: np.ndarray):
+  def place_batch(self, *local_arrays: np.ndarray, stacked: bool = False):
+    if stacked:  # [steps, rows, ...] -> [devices, steps, rows / devices, ...]
+      return tuple(np.moveaxis(a.reshape(a.shape[0], self.local_devices, -1,
+                                         *a.shape[2:]), 1, 0)
+                   for a in local_arrays)
     return tuple(a.reshape(self.local_devices, -1, *a.shape[1:])
                  for a in local_arrays)
+
+  def replicate(self, tree):
+    return jax.pmap(lambda x: x)(self.place_state(tree))
 
   def compile(self, step_fn):
     """`step_fn(state, *batch, axis_name=...)` pmapped, the state donated."""

@@ -6,11 +6,23 @@ run sees, without saving any sampler state. Every process of a multi-host run
 draws the same global batch and feeds its own slice of it
 (`tripletjax.parallel.process_slice`), so the batches do not depend on the
 number of processes either.
+
+Each sampler draws in two places, with the same distribution and contract
+but different random streams: on the host with NumPy (``sampler(step)``,
+for data streamed from disk), and on the device with `jax.random`
+(`DeviceSampler`, from ``sampler.on_device()``), inside the compiled train
+step, for training images kept in device memory. Every device computes the
+same global batch from ``(seed, step)``, so the draws do not depend on the
+number of devices.
 """
 
 from __future__ import annotations
 
 from absl import logging
+from flax import struct
+import jax
+import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from tripletjax import config as config_lib
@@ -108,6 +120,11 @@ class PKSampler:
     picks = np.argpartition(keys, self.k - 1, axis=1)[:, :self.k]
     return index.members[index.offsets[classes][:, None] + picks].reshape(-1)
 
+  def on_device(self, labels: np.ndarray) -> DeviceSampler:
+    """This sampler's draws in `jax.random` (`labels`: the examples')."""
+    return DeviceSampler.create(PK, labels, self._index, self.eligible,
+                                p=self.p, k=self.k, seed=self.seed)
+
 
 class TripletSampler:
   """Random triplets: anchor and negative drawn uniformly, positive from the
@@ -161,6 +178,12 @@ class TripletSampler:
     negatives = index.members[other]
     return np.stack([anchors, positives, negatives], axis=1).reshape(-1)
 
+  def on_device(self, labels: np.ndarray) -> DeviceSampler:
+    """This sampler's draws in `jax.random` (`labels`: the examples')."""
+    return DeviceSampler.create(TRIPLETS, labels, self._index, self._anchors,
+                                p=self.t, k=3, seed=self.seed,
+                                slot=self._slot)
+
 
 class ViewsSampler:
   """Label-free batches: P distinct images, each K times (K augmented
@@ -190,6 +213,99 @@ class ViewsSampler:
     """Indices of batch `step`: ``int64 [P * K]``, each image K times."""
     chosen = _rng(self.seed, step).choice(self.n, size=self.p, replace=False)
     return np.repeat(chosen, self.k)
+
+  def on_device(self, labels: np.ndarray) -> DeviceSampler:
+    """This sampler's draws in `jax.random` (`labels`: the examples')."""
+    return DeviceSampler.create(VIEWS, labels, _ClassIndex(labels),
+                                np.arange(self.n), p=self.p, k=self.k,
+                                seed=self.seed)
+
+
+PK, TRIPLETS, VIEWS = "pk", "triplets", "views"
+# Folded into the key of (seed, step) for the draws of a batch; the train
+# step's augmentation and loss draw from the same key, folded otherwise.
+_SAMPLING_STREAM = 2
+
+
+def _subset(key: jax.Array, n: int, size: int) -> jax.Array:
+  """`size` distinct integers drawn uniformly from ``range(n)``: the places
+  of the `size` largest of n uniform keys."""
+  return lax.top_k(jax.random.uniform(key, (n,)), size)[1]
+
+
+@struct.dataclass
+class DeviceSampler:
+  """A sampler's draws as a pure function of the step, in `jax.random`.
+
+  A pytree: its arrays go to the devices with the training images, and
+  ``draw(step)`` runs inside the compiled train step. The batches have the
+  distribution of the host sampler it came from (``on_device()``), drawn
+  from another stream.
+  """
+  members: jax.Array  # int32 [N]: example indices grouped by class.
+  offsets: jax.Array  # int32 [C + 1]: class c's are members[offsets[c]:...].
+  counts: jax.Array  # int32 [C]: examples of each class.
+  eligible: jax.Array  # int32 [E]: what is drawn first (classes, anchors,
+  #                      images).
+  labels: jax.Array  # int32 [N]: the examples' labels.
+  slot: jax.Array  # int32 [N]: each example's place in its class (triplets).
+  seed: jax.Array  # int32 scalar.
+  kind: str = struct.field(pytree_node=False)
+  p: int = struct.field(pytree_node=False)  # Classes, triplets or images.
+  k: int = struct.field(pytree_node=False)  # Examples of each (3 triplets).
+  max_count: int = struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, kind: str, labels: np.ndarray, index: _ClassIndex,
+             eligible: np.ndarray, *, p: int, k: int, seed: int,
+             slot: np.ndarray | None = None) -> DeviceSampler:
+    as_int32 = lambda x: jnp.asarray(x, jnp.int32)
+    return cls(members=as_int32(index.members),
+               offsets=as_int32(index.offsets), counts=as_int32(index.counts),
+               eligible=as_int32(eligible), labels=as_int32(labels),
+               slot=as_int32(np.zeros(0) if slot is None else slot),
+               seed=jnp.int32(seed), kind=kind, p=p, k=k,
+               max_count=int(index.counts.max()))
+
+  @property
+  def batch_size(self) -> int:
+    return self.p * self.k
+
+  def draw(self, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Batch `step`: ``(indices, labels)``, ``int32 [P * K]`` each, in the
+    order of the host sampler's (class by class; anchor, positive, negative
+    of each triplet; each image K times, labelled by its place)."""
+    key = jax.random.fold_in(jax.random.fold_in(
+        jax.random.key(self.seed), step), _SAMPLING_STREAM)
+    first, second, third = jax.random.split(key, 3)
+    if self.kind == VIEWS:
+      chosen = self.eligible[_subset(first, len(self.eligible), self.p)]
+      return (jnp.repeat(chosen, self.k),
+              jnp.repeat(jnp.arange(self.p, dtype=jnp.int32), self.k))
+    if self.kind == PK:
+      classes = self.eligible[_subset(first, len(self.eligible), self.p)]
+      # K distinct members per class: the K smallest of random keys, the
+      # places beyond the class's size keyed out of reach (keys are < 1).
+      keys = jax.random.uniform(second, (self.p, self.max_count))
+      keys = jnp.where(jnp.arange(self.max_count) < self.counts[classes][:,
+                                                                         None],
+                       keys, 2.0)
+      picks = lax.top_k(-keys, self.k)[1]
+      indices = self.members[self.offsets[classes][:, None] + picks]
+      indices = indices.reshape(-1)
+      return indices, self.labels[indices]
+    # Random triplets, as `TripletSampler` draws them.
+    anchors = self.eligible[jax.random.randint(first, (self.p,), 0,
+                                               len(self.eligible))]
+    cls = self.labels[anchors]
+    counts, starts = self.counts[cls], self.offsets[cls]
+    slot = jax.random.randint(second, (self.p,), 0, counts - 1)
+    positives = self.members[starts + slot + (slot >= self.slot[anchors])]
+    other = jax.random.randint(third, (self.p,), 0,
+                               len(self.labels) - counts)
+    negatives = self.members[other + jnp.where(other >= starts, counts, 0)]
+    indices = jnp.stack([anchors, positives, negatives], axis=1).reshape(-1)
+    return indices, self.labels[indices]
 
 
 def create(config: config_lib.Config, labels: np.ndarray,

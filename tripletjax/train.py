@@ -19,6 +19,7 @@ from flax import struct
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+import numpy as np
 import optax
 
 from tripletjax import checkpointing
@@ -37,6 +38,11 @@ from tripletjax.data import augment
 from tripletjax.models import weights
 
 Config = config_lib.Config
+# Train steps per compiled call when Config.steps_per_call is 0, by backend
+# (measured: docs/performance.md, "Steps per call").
+STEPS_PER_CALL = {"cpu": 10, "gpu": 100, "tpu": 100}
+# The most bytes of training images `sampling="auto"` keeps on each device.
+DEVICE_IMAGES_LIMIT = 1 << 30
 
 
 @struct.dataclass
@@ -172,6 +178,76 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                     batch_stats=batch_stats, opt_state=opt_state), metrics
 
 
+@struct.dataclass
+class DeviceData:
+  """The training set in device memory, and the sampler that draws from it."""
+  images: jax.Array  # uint8 [N, H, W, C].
+  sampler: sampling.DeviceSampler
+
+  def batch(self, step: jax.Array, *, mesh: jax.sharding.Mesh | None = None,
+            axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """Batch `step`, padded with rows of label -1 to a multiple of the
+    number of devices, as the train step takes it (`parallel.device_rows`).
+    """
+    indices, labels = self.sampler.draw(step)
+    devices = (jax.lax.axis_size(axis_name) if axis_name is not None
+               else mesh.size if mesh is not None else 1)
+    padding = parallel.padded_batch_size(len(indices), devices) - len(indices)
+    indices = jnp.pad(indices, (0, padding))
+    labels = jnp.pad(labels, (0, padding), constant_values=-1)
+    indices, labels = (parallel.device_rows(x, mesh=mesh, axis_name=axis_name)
+                       for x in (indices, labels))
+    return self.images[indices], labels
+
+
+def train_steps(state: TrainState, data: DeviceData | None, inputs: Any, *,
+                mesh: jax.sharding.Mesh | None = None,
+                axis_name: str | None = None, **step_settings
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Several train steps in one call (a `lax.scan` of `train_step`).
+
+  Args:
+    state: the train state.
+    data: the training set on the devices, each step's batch drawn from it
+      (then `inputs` are the steps' numbers, ``int32 [S]``); or None, and
+      `inputs` are the batches, ``(uint8 [S, B, H, W, C], int32 [S, B])``.
+    inputs: see `data`; S steps are run.
+    mesh, axis_name: as in `train_step`.
+    **step_settings: `train_step`'s graphdef, tx and config.
+
+  Returns:
+    The state after S steps and each step's metrics, ``[S]`` each.
+  """
+  step_fn = functools.partial(train_step, mesh=mesh, axis_name=axis_name,
+                              **step_settings)
+
+  def one_step(state, batch):
+    if data is not None:
+      batch = data.batch(state.step, mesh=mesh, axis_name=axis_name)
+    return step_fn(state, *batch)
+
+  return jax.lax.scan(one_step, state, inputs)
+
+
+def steps_per_call(config: Config, backend: str) -> int:
+  """Steps per compiled call: the config's, or the backend's default."""
+  return config.steps_per_call or STEPS_PER_CALL.get(backend, 1)
+
+
+def call_end(step: int, config: Config, per_call: int) -> int:
+  """Where the call that starts at `step` ends: the next multiple of
+  `per_call`, of the evaluation and checkpoint periods, or the last step.
+
+  The boundaries depend on the step alone, so a resumed run makes the same
+  calls as an uninterrupted one.
+  """
+  ends = [config.steps]
+  for period in (per_call, config.eval_every, config.checkpoint_every):
+    if period:
+      ends.append((step // period + 1) * period)
+  return min(ends)
+
+
 def initial_state(config: Config, image_shape: tuple[int, int, int]
                   ) -> tuple[nnx.GraphDef, TrainState,
                              optax.GradientTransformation]:
@@ -205,7 +281,8 @@ def train_and_evaluate(
     workdir: checkpoints, ``config.json``, ``metrics.jsonl``, TensorBoard
       events and ``results.json`` go here. A workdir with checkpoints is
       resumed from its latest one.
-    should_stop: called before each step with the step number; when it
+    should_stop: called before each compiled call (`call_end`) with the
+      step number; when it
       returns True the run checkpoints its current step and returns early
       (``results["interrupted"]`` is then True and nothing is evaluated).
     allow_config_change: resume a workdir whose recorded settings differ
@@ -257,9 +334,35 @@ def train_and_evaluate(
     logging.info("Resumed from the checkpoint of step %d.", restored[0])
   first_step = int(devices.host_state(state).step)
 
+  # Input: the training images on the devices with an on-device sampler,
+  # or batches drawn on the host and copied for each call.
+  on_device = config.sampling == "device" or (
+      config.sampling == "auto" and isinstance(train.images, np.ndarray)
+      and train.images.nbytes <= DEVICE_IMAGES_LIMIT)
+  device_data = None
+  if on_device:
+    device_data = devices.replicate(DeviceData(
+        images=np.asarray(train.images),
+        sampler=sampler.on_device(train.labels)))
+  per_call = steps_per_call(config, jax.default_backend())
+  logging.info("Batches drawn on the %s; %d steps per call.",
+               "device" if on_device else "host", per_call)
+
+  def inputs(first: int, last: int):
+    """The inputs of a call running steps `first` to `last` - 1."""
+    if on_device:
+      return devices.place_state(np.arange(first, last, dtype=np.int32))
+    batches = []
+    for step in range(first, last):
+      indices = sampler(step)
+      batches.append(parallel.local_batch(
+          indices, sampler.batch_labels(indices, train.labels), train.images))
+    return devices.place_batch(*parallel.stack_local_batches(batches),
+                               stacked=True)
+
   # Compiled functions.
-  step_fn = devices.compile(functools.partial(train_step, graphdef=graphdef,
-                                              tx=tx, config=config))
+  steps_fn = devices.compile(functools.partial(train_steps, graphdef=graphdef,
+                                               tx=tx, config=config))
 
   def evaluate_now():  # The current params, copied to the host once.
     host = jax.device_get(devices.host_state(state))
@@ -274,34 +377,33 @@ def train_and_evaluate(
       total_steps=config.steps, every_seconds=config.log_every_seconds,
       show=("loss", "fraction_active_triplets"))
   collapse = health.CollapseDetector(margin=config.margin)
-  pending = None  # (step, metrics on device) not yet read back.
+  pending = None  # (first step, metrics on device) not yet read back.
 
   def read_back(pending):
-    step, metrics = pending
-    metrics = {k: float(v) for k, v in
-               jax.device_get(devices.metrics(metrics)).items()}
-    health.check_finite(step, metrics)
-    writer.write_scalars(step, metrics)
-    reporter(step, metrics)
-    collapse(step, metrics)
+    first, metrics = pending
+    metrics = jax.device_get(devices.metrics(metrics))
+    for i in range(len(metrics["loss"])):
+      step_metrics = {k: float(v[i]) for k, v in metrics.items()}
+      step = first + i + 1
+      health.check_finite(step, step_metrics)
+      writer.write_scalars(step, step_metrics)
+      reporter(step, step_metrics)
+      collapse(step, step_metrics)
 
   loop_start = time.time()
   interrupted = False
   try:
-    for step in range(first_step, config.steps):
+    step = first_step
+    while step < config.steps:
       if should_stop is not None and should_stop(step):
         interrupted = True
         break
-      indices = sampler(step)
-      batch = devices.place_batch(*parallel.local_batch(
-          indices, sampler.batch_labels(indices, train.labels),
-          train.images))
-      state, metrics = step_fn(state, *batch)
-      # Reading the previous step's metrics lets this step run meanwhile.
+      done = call_end(step, config, per_call)
+      state, metrics = steps_fn(state, device_data, inputs(step, done))
+      # Reading the previous call's metrics lets this call run meanwhile.
       if pending is not None:
         read_back(pending)
-      pending = (step + 1, metrics)
-      done = step + 1
+      pending, step = (step, metrics), done
       eval_due = config.eval_every and done % config.eval_every == 0
       save_due = (config.checkpoint_every
                   and done % config.checkpoint_every == 0)

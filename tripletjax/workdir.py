@@ -45,9 +45,11 @@ def prepare(workdir: str, config: config_lib.Config, *,
     raise ValueError(f"workdir {workdir!r} is not writable.")
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
-    # Settings added since the run was recorded have their defaults there.
+    # Settings added since the run was recorded have the values that were
+    # in force then.
     with open(path, encoding="utf-8") as f:
-      saved = {**json.loads(config_lib.Config().to_json()), **json.load(f)}
+      saved = {**json.loads(config_lib.Config().to_json()),
+               **config_lib.EARLIER_VALUES, **json.load(f)}
     current = json.loads(config.to_json())
     changed = sorted(k for k in set(saved) | set(current)
                      if saved.get(k) != current.get(k))
