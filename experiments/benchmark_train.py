@@ -25,6 +25,18 @@ what the CPU is (`experiments.cpu_peak`: Zen 4 runs AVX-512 on 256-bit halves,
       --image_size=64 --batch_sizes=32 --eval_batch_size=64
       # also --image_size=224 --batch_sizes=16; --dtype=bfloat16
 
+With --loop, the whole training loop instead: the main job on MNIST
+(`train.train_and_evaluate`, no evaluation, checkpoint or figure during
+the loop) for each --sampling and --steps_per_call, next to its train step
+alone on a batch already on the device; "loop/step" is the loop's time per
+step over the step's, the host's share of the loop. The loop is timed after
+its first call, which compiles.
+
+  python -m experiments.benchmark_train --loop --models=mlp \
+      --sampling=host,device --steps_per_call=1,10,50 --loop_steps=2000
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+      python -m experiments.benchmark_train --loop --models=mlp ...
+
 Expected (docs/performance.md): the reference CNN at about 3,300 images/s at
 batch 256 on two Zen 4 or Zen 5 cores with the XLA CPU flags; several
 hundred thousand on one H100.
@@ -32,6 +44,7 @@ hundred thousand on one H100.
 
 import functools
 import statistics
+import tempfile
 import time
 
 from absl import flags
@@ -70,6 +83,16 @@ _IMAGE_SIZE = flags.DEFINE_integer(
 _DTYPE = flags.DEFINE_string("dtype", "float32",
                              "What convolutions compute in: float32 or "
                              "bfloat16.")
+
+_LOOP = flags.DEFINE_bool(
+    "loop", False, "Time the main job's training loop on MNIST next to its "
+    "step alone; --models then names main-job models (cnn, mlp).")
+_SAMPLING = flags.DEFINE_list("sampling", ["host", "device"],
+                              "--loop: where batches are drawn.")
+_STEPS_PER_CALL = flags.DEFINE_list("steps_per_call", ["1", "10"],
+                                    "--loop: steps per compiled call.")
+_LOOP_STEPS = flags.DEFINE_integer("loop_steps", 2000,
+                                   "--loop: training steps of each run.")
 
 _EXAMPLES_PER_CLASS = 16
 
@@ -172,6 +195,45 @@ def measure_embedding(graphdef, state, batch_size: int, num_images: int
   return calls * batch_size / (time.perf_counter() - start)
 
 
+def measure_loop(config: config_lib.Config) -> dict:
+  """The main job's loop under `config`, next to its step alone."""
+  step = measure_step(config, _WINDOWS.value, _STEPS.value)
+  with tempfile.TemporaryDirectory() as workdir:
+    results = train.train_and_evaluate(config, workdir)
+  loop_ms = 1e3 * config.batch_size / results["images_per_second"]
+  return {"loop_images_per_second": results["images_per_second"],
+          "images_per_second": step["images_per_second"],
+          "loop_ms": loop_ms, "step_ms": step["step_ms"],
+          "loop_over_step": loop_ms / step["step_ms"],
+          "first_call_seconds": results["first_call_seconds"],
+          "test_map_at_r": results["test_map_at_r"]}
+
+
+def main_loop(device) -> None:
+  """--loop: each model x sampling x steps per call."""
+  table = common.Table([
+      ("model", "model", ""), ("sampling", "sampling", ""),
+      ("steps/call", "steps_per_call", "d"),
+      ("loop img/s", "loop_images_per_second", ".0f"),
+      ("step img/s", "images_per_second", ".0f"),
+      ("loop ms/step", "loop_ms", ".2f"), ("step ms", "step_ms", ".2f"),
+      ("loop/step", "loop_over_step", ".2f"),
+      ("first call (s)", "first_call_seconds", ".1f"),
+      ("MAP@R", "test_map_at_r", ".4f")], _JSON.value)
+  for model in _MODELS.value:
+    for sampling in _SAMPLING.value:
+      for per_call in map(int, _STEPS_PER_CALL.value):
+        config = config_lib.Config(
+            model=model, steps=_LOOP_STEPS.value, eval_every=0,
+            checkpoint_every=0, write_figures=False, sampling=sampling,
+            steps_per_call=per_call, log_every_seconds=3600.0)
+        table.add({"model": model, "sampling": sampling,
+                   "steps_per_call": per_call, **measure_loop(config),
+                   "devices": jax.device_count(),
+                   "device": device.device_kind, "platform": device.platform})
+  table.close()
+
+
 def main(argv):
   del argv  # Checked by common.run.
   device = jax.devices()[0]
@@ -183,6 +245,9 @@ def main(argv):
   print(f"Device: {device.device_kind} ({device.platform}), "
         f"{jax.device_count()} device(s); JAX {jax.__version__}; peak "
         f"{'unknown' if peak is None else f'{peak:.0f} GFLOP/s ({how})'}.")
+  if _LOOP.value:
+    main_loop(device)
+    return
   table = common.Table([
       ("model", "model", ""), ("size", "image_size", "d"),
       ("batch", "batch_size", "d"),

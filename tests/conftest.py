@@ -7,6 +7,7 @@ in the repository (`data.prepare` locks, so parallel tests prepare it once).
 
 import os
 import pathlib
+import sys
 
 import pytest
 
@@ -26,3 +27,12 @@ def dataset_dirs():
                 f"${data.MANUAL_DIR_ENV}.")
   data.prepare("mnist", data_dir=DATA_DIR, manual_dir=MANUAL_DIR)
   return {"data_dir": DATA_DIR, "manual_dir": MANUAL_DIR}
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_jobs():
+  """Kills the training jobs a test started and left running."""
+  yield
+  jobs = sys.modules.get("tests.reliability_test")  # Where jobs start.
+  if jobs is not None:
+    jobs.kill_leftover_jobs()

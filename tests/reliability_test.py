@@ -36,11 +36,26 @@ def job_flags(dataset_dirs, workdir, **changes):
   return [f"--{k}={v}" for k, v in values.items()]
 
 
+# Jobs started by the tests; those still running when a test ends (it failed
+# or timed out) are killed, so they cannot slow the tests after it.
+JOBS = []
+
+
 def start_job(flags):
-  return subprocess.Popen(
+  job = subprocess.Popen(
       [sys.executable, "-m", "experiments.train", *flags], cwd=REPO,
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env={**os.environ, "PYTHONPATH": str(REPO)})
+  JOBS.append(job)
+  return job
+
+
+def kill_leftover_jobs():
+  while JOBS:
+    job = JOBS.pop()
+    if job.poll() is None:
+      job.kill()
+      job.wait()
 
 
 def run_job(flags):
@@ -182,10 +197,14 @@ def test_all_checkpoints_damaged_starts_over(dataset_dirs, tmp_path):
   assert (tmp_path / "checkpoints.damaged" / "4").is_dir()
 
 
-@pytest.mark.parametrize("first_nan", [5, 8])  # Between and at checkpoints.
+# Between and at checkpoints, one step per call; and inside a call of steps
+# 7 and 8 (calls end at multiples of 3 and of 4), 8 a checkpoint step.
+@pytest.mark.parametrize("first_nan,steps_per_call", [(5, 1), (8, 1), (7, 3)])
 def test_planted_nan_stops_with_step_and_quantity(dataset_dirs, tmp_path,
-                                                  monkeypatch, first_nan):
-  config = train_test.tiny_config(dataset_dirs, steps=12, checkpoint_every=4)
+                                                  monkeypatch, first_nan,
+                                                  steps_per_call):
+  config = train_test.tiny_config(dataset_dirs, steps=12, checkpoint_every=4,
+                                  steps_per_call=steps_per_call)
   stopped = train.train_and_evaluate(
       config, str(tmp_path), should_stop=lambda step: step >= first_nan - 1)
   assert stopped["steps"] == first_nan - 1

@@ -391,6 +391,7 @@ def train_and_evaluate(
       collapse(step, step_metrics)
 
   loop_start = time.time()
+  warm = None  # (time, step) when the first call (and compilation) ended.
   interrupted = False
   try:
     step = first_step
@@ -400,6 +401,9 @@ def train_and_evaluate(
         break
       done = call_end(step, config, per_call)
       state, metrics = steps_fn(state, device_data, inputs(step, done))
+      if warm is None:  # Throughput is timed from here, compiled.
+        jax.block_until_ready(metrics)
+        warm = time.time(), done
       # Reading the previous call's metrics lets this call run meanwhile.
       if pending is not None:
         read_back(pending)
@@ -416,7 +420,8 @@ def train_and_evaluate(
           writer.write_scalars(done, evaluate_now()[2])
     if pending is not None:
       read_back(pending)
-    train_seconds = time.time() - loop_start
+    loop_end = time.time()
+    train_seconds = loop_end - loop_start
     last_step = int(devices.host_state(state).step)
     checkpointer.save(last_step, devices.host_state(state))
   finally:  # Saves in flight are completed, even after an error.
@@ -438,13 +443,18 @@ def train_and_evaluate(
                          train_embeddings=train_embeddings,
                          test_embeddings=test_embeddings)
   steps_run = last_step - first_step
+  warm_steps = last_step - warm[1] if warm else 0
   results = {
       **results,
       "steps": last_step,
       "steps_this_run": steps_run,
       "train_seconds_this_run": train_seconds,
-      "images_per_second": (steps_run * config.batch_size / train_seconds
-                            if steps_run and train_seconds > 0 else None),
+      # The loop's pace after its first call (which compiles), checkpoints
+      # and evaluations within the loop included.
+      "first_call_seconds": warm[0] - loop_start if warm else None,
+      "images_per_second": (
+          warm_steps * config.batch_size / (loop_end - warm[0])
+          if warm_steps else None),
       "wall_seconds_this_run": time.time() - start_time,
       "config": config.to_dict(),
   }
