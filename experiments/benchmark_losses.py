@@ -9,6 +9,11 @@ importing JAX costs). Time is the median over repeats after compilation.
       --batch_sizes=4096 --dim=64
   python -m experiments.benchmark_losses --losses=batch_all \
       --batch_sizes=8192 --devices=8   # XLA temp is then per device
+  python -m experiments.benchmark_losses --losses=batch_all \
+      --batch_sizes=250 --steps_per_call=10 --sort_implementation=xla
+      # ten descents on the embeddings in one call, as the trainer's
+      # --steps_per_call runs steps: the NumPy sort's callback per step
+      # against XLA's sort
 
 Expected on two CPU cores (docs/performance.md): batch-all loss and gradient
 at B = 4,096 in about 0.5-0.7 s with about 0.7 GiB of XLA temporaries;
@@ -41,11 +46,15 @@ _DEVICES = flags.DEFINE_integer(
 _SORT = flags.DEFINE_enum(
     "sort_implementation", "auto", ["auto", "numpy", "xla"],
     "How batch_all and semihard sort (tripletjax.sorting.argsort_rows).")
+_STEPS_PER_CALL = flags.DEFINE_integer(
+    "steps_per_call", 1, "Evaluations per compiled call: a lax.scan of "
+    "gradient-descent steps on the embeddings; the time is per evaluation.")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
 
 
 def _measure(loss_name: str, batch: int, dim: int, classes: int, metric: str,
-             repeats: int, devices: int, sort_implementation: str) -> dict:
+             repeats: int, devices: int, sort_implementation: str,
+             steps_per_call: int) -> dict:
   """Runs in a child process: compiles, times and measures one loss."""
   if devices > 1:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -78,7 +87,16 @@ def _measure(loss_name: str, batch: int, dim: int, classes: int, metric: str,
       loss_fn = jax.shard_map(loss_fn, mesh=parallel.make_mesh(),
                               in_specs=(P(parallel.DATA_AXIS),) * 2,
                               out_specs=P())
-  step = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  step = jax.value_and_grad(loss_fn, has_aux=True)
+  if steps_per_call > 1:
+    one = step
+
+    def step(x, labels):  # Each evaluation depends on the one before.
+      def descend(x, _):
+        (loss, _), grad = one(x, labels)
+        return x - 1e-3 * grad, loss
+      return jax.lax.scan(descend, x, length=steps_per_call)
+  step = jax.jit(step)
   start = time.perf_counter()
   compiled = step.lower(x, labels).compile()
   compile_s = time.perf_counter() - start
@@ -94,7 +112,9 @@ def _measure(loss_name: str, batch: int, dim: int, classes: int, metric: str,
       "batch": batch,
       "dim": dim,
       "metric": metric,
-      "seconds": statistics.median(times),
+      "seconds": statistics.median(times) / steps_per_call,
+      "steps_per_call": steps_per_call,
+      "sort": sort_implementation,
       "compile_seconds": compile_s,
       "devices": devices,
       "xla_temp_mib": memory.temp_size_in_bytes / 2**20 if memory else None,
@@ -116,7 +136,7 @@ def main(argv):
         table.add(pool.apply(_measure, (loss_name, batch, _DIM.value,
                                         _CLASSES.value, _METRIC.value,
                                         _REPEATS.value, _DEVICES.value,
-                                        _SORT.value)))
+                                        _SORT.value, _STEPS_PER_CALL.value)))
   table.close()
 
 

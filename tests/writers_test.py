@@ -21,6 +21,41 @@ class WritersTest(absltest.TestCase):
       self.assertEqual([json.loads(l) for l in f],
                        [{"step": 1, "loss": 0.5}, {"step": 3, "loss": 0.5}])
 
+  def test_jsonl_lines_reach_the_file_on_flush(self):
+    path = os.path.join(tempfile.mkdtemp(), "metrics.jsonl")
+    writer = writers.JsonlWriter(path)
+    for step in (1, 2):
+      writer.write_scalars(step, {"loss": 0.5})
+    writer.flush()
+    self.assertEqual([json.loads(l)["step"] for l in open(path)], [1, 2])
+    writer.close()
+
+  def test_tensorboard_events_hold_the_scalars(self):
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.plugins.scalar import summary_v2
+    from tensorboard.util import tensor_util
+    # pylint: enable=g-import-not-at-top
+    logdir = tempfile.mkdtemp()
+    writer = writers.TensorBoardWriter(logdir)
+    writer.write_scalars(1, {"loss": 0.5, "grad_norm": 2.0})
+    writer.write_scalars(2, {"loss": 0.25})
+    writer.close()
+    (name,) = os.listdir(logdir)
+    got = [(event.step, value.tag, float(tensor_util.make_ndarray(
+        value.tensor)), value.metadata.plugin_data.plugin_name)
+           for event in event_file_loader.EventFileLoader(
+               os.path.join(logdir, name)).Load()
+           for value in event.summary.value]
+    self.assertEqual(got, [(1, "loss", 0.5, "scalars"),
+                           (1, "grad_norm", 2.0, "scalars"),
+                           (2, "loss", 0.25, "scalars")])
+    # The very protos of TensorBoard's own scalar summaries.
+    events = [e for e in event_file_loader.EventFileLoader(
+        os.path.join(logdir, name)).Load() if e.summary.value]
+    self.assertEqual(events[0].summary.value[0],
+                     summary_v2.scalar_pb("loss", 0.5).value[0])
+
   def test_progress_reports_rate_and_eta(self):
     now = [0.0]
     lines = []

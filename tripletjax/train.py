@@ -41,7 +41,8 @@ Config = config_lib.Config
 # Train steps per compiled call when Config.steps_per_call is 0, by backend
 # (measured: docs/performance.md, "Steps per call").
 STEPS_PER_CALL = {"cpu": 10, "gpu": 100, "tpu": 100}
-# The most bytes of training images `sampling="auto"` keeps on each device.
+# The most bytes of training images `sampling="auto"` keeps on each device
+# (read into memory first, from a photo cache).
 DEVICE_IMAGES_LIMIT = 1 << 30
 
 
@@ -336,9 +337,9 @@ def train_and_evaluate(
 
   # Input: the training images on the devices with an on-device sampler,
   # or batches drawn on the host and copied for each call.
+  images_bytes = np.prod(train.images.shape) * train.images.dtype.itemsize
   on_device = config.sampling == "device" or (
-      config.sampling == "auto" and isinstance(train.images, np.ndarray)
-      and train.images.nbytes <= DEVICE_IMAGES_LIMIT)
+      config.sampling == "auto" and images_bytes <= DEVICE_IMAGES_LIMIT)
   device_data = None
   if on_device:
     device_data = devices.replicate(DeviceData(
@@ -389,6 +390,7 @@ def train_and_evaluate(
       writer.write_scalars(step, step_metrics)
       reporter(step, step_metrics)
       collapse(step, step_metrics)
+    writer.flush()
 
   loop_start = time.time()
   warm = None  # (time, step) when the first call (and compilation) ended.
@@ -418,6 +420,7 @@ def train_and_evaluate(
           checkpointer.save(done, devices.host_state(state))
         if eval_due and done < config.steps:
           writer.write_scalars(done, evaluate_now()[2])
+          writer.flush()
     if pending is not None:
       read_back(pending)
     loop_end = time.time()

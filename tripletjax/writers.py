@@ -18,8 +18,14 @@ Scalars = Mapping[str, float]
 
 
 class MetricWriter(Protocol):
+  """Writes scalars by step; they reach the files by `flush` (the train
+  loop flushes once per compiled call: per step, the writing cost more
+  than a small model's step) or `close`."""
 
   def write_scalars(self, step: int, scalars: Scalars) -> None:
+    ...
+
+  def flush(self) -> None:
     ...
 
   def close(self) -> None:
@@ -40,6 +46,8 @@ class JsonlWriter:
   def write_scalars(self, step: int, scalars: Scalars) -> None:
     record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
     self._file.write(json.dumps(record) + "\n")
+
+  def flush(self) -> None:
     self._file.flush()
 
   def close(self) -> None:
@@ -55,18 +63,42 @@ def read_metrics(path: str) -> list[dict[str, float]]:
 
 
 class TensorBoardWriter:
-  """TensorBoard event files, through `tf.summary`."""
+  """TensorBoard event files, through TensorBoard's own event writer.
+
+  The scalars are the protos `tf.summary.scalar` writes, without running
+  TensorFlow ops: eagerly, those cost milliseconds per step, more than a
+  small model's step.
+  """
 
   def __init__(self, logdir: str):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], "GPU")
-    self._tf = tf
-    self._writer = tf.summary.create_file_writer(logdir)
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.compat.proto import tensor_pb2
+    from tensorboard.compat.proto import tensor_shape_pb2
+    from tensorboard.compat.proto import types_pb2
+    from tensorboard.plugins.scalar import metadata
+    from tensorboard.summary.writer import event_file_writer
+    # pylint: enable=g-import-not-at-top
+    self._event, self._value = event_pb2.Event, summary_pb2.Summary.Value
+    self._summary = summary_pb2.Summary
+    # A float32 scalar tensor and the scalar plugin's metadata, as
+    # `tensorboard.plugins.scalar.summary_v2.scalar_pb` makes them.
+    scalar_shape = tensor_shape_pb2.TensorShapeProto()
+    self._tensor = lambda x: tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT, tensor_shape=scalar_shape, float_val=[x])
+    self._metadata = metadata.create_summary_metadata(display_name=None,
+                                                      description=None)
+    self._writer = event_file_writer.EventFileWriter(logdir)
 
   def write_scalars(self, step: int, scalars: Scalars) -> None:
-    with self._writer.as_default(step=int(step)):
-      for name, value in scalars.items():
-        self._tf.summary.scalar(name, float(value))
+    values = [self._value(tag=name, tensor=self._tensor(float(x)),
+                          metadata=self._metadata)
+              for name, x in scalars.items()]
+    self._writer.add_event(self._event(wall_time=time.time(), step=int(step),
+                                       summary=self._summary(value=values)))
+
+  def flush(self) -> None:
     self._writer.flush()
 
   def close(self) -> None:
@@ -82,6 +114,10 @@ class MultiWriter:
   def write_scalars(self, step: int, scalars: Scalars) -> None:
     for writer in self._writers:
       writer.write_scalars(step, scalars)
+
+  def flush(self) -> None:
+    for writer in self._writers:
+      writer.flush()
 
   def close(self) -> None:
     for writer in self._writers:
