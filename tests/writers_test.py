@@ -33,6 +33,7 @@ class WritersTest(absltest.TestCase):
   def test_tensorboard_events_hold_the_scalars(self):
     # pylint: disable=g-import-not-at-top
     from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.compat.proto import event_pb2
     from tensorboard.plugins.scalar import summary_v2
     from tensorboard.util import tensor_util
     # pylint: enable=g-import-not-at-top
@@ -51,9 +52,10 @@ class WritersTest(absltest.TestCase):
                            (1, "grad_norm", 2.0, "scalars"),
                            (2, "loss", 0.25, "scalars")])
     # The very protos of TensorBoard's own scalar summaries.
-    events = [e for e in event_file_loader.EventFileLoader(
-        os.path.join(logdir, name)).Load() if e.summary.value]
-    self.assertEqual(events[0].summary.value[0],
+    events = [event_pb2.Event.FromString(record) for record in
+              event_file_loader.RawEventFileLoader(
+                  os.path.join(logdir, name)).Load()]
+    self.assertEqual(events[1].summary.value[0],
                      summary_v2.scalar_pb("loss", 0.5).value[0])
 
   def test_progress_reports_rate_and_eta(self):
