@@ -11,7 +11,7 @@ queries' own embedding is not timed.
 
   python -m experiments.benchmark_search --gallery_sizes=60000,1000000 \
       --query_counts=1,1000
-  python -m experiments.benchmark_search --workdir=runs/mnist-batch_all-01ea9094
+  python -m experiments.benchmark_search --workdir=runs/mnist-batch_all-312dc519
 
 Expected (docs/performance.md): exact search of one query in milliseconds
 against 60,000 items and tens to hundreds against 1,000,000 on two CPU

@@ -14,7 +14,7 @@ and ``split``/``index`` (for a dataset) or ``paths`` (relative to
 --images), and ``settings`` (JSON: the run's settings and step, or the
 backbone's).
 
-  python -m experiments.embed --workdir=runs/mnist-batch_all-01ea9094 \
+  python -m experiments.embed --workdir=runs/mnist-batch_all-312dc519 \
       --dataset=mnist:test --output=mnist_test.npz
   python -m experiments.embed --model=resnet50 --init_from=r50.safetensors \
       --images=photos/ --output=photos.npz

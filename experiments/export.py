@@ -12,7 +12,7 @@ SavedModel of the same function (signature ``serving_default``: ``images``
   exported = jax.export.deserialize(open("OUTPUT/embed.jax_export", "rb").read())
   embeddings = exported.call(images)
 
-  python -m experiments.export --workdir=runs/mnist-batch_all-01ea9094 \
+  python -m experiments.export --workdir=runs/mnist-batch_all-312dc519 \
       --output=/tmp/mnist_export
 
 Expected: one line naming the files, the input shape and the platforms

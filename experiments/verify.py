@@ -5,7 +5,7 @@ of best verification accuracy over all pairs of test images: of classes never
 trained on where the run held some out, else of its test classes; in
 ``results.json``), or --threshold.
 
-  python -m experiments.verify --workdir=runs/mnist-batch_all-01ea9094 a.png b.png
+  python -m experiments.verify --workdir=runs/mnist-batch_all-312dc519 a.png b.png
 
 Expected, for the main job's run and two test images of a 2 (test[0] and
 test[24] saved as PNG): "distance 0.2265, threshold 0.8507 (test images of

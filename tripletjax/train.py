@@ -41,8 +41,8 @@ Config = config_lib.Config
 # Train steps per compiled call when Config.steps_per_call is 0, by backend
 # (measured: docs/performance.md, "Steps per call").
 STEPS_PER_CALL = {"cpu": 10, "gpu": 100, "tpu": 100}
-# The most bytes of training images `sampling="auto"` keeps on each device
-# (read into memory first, from a photo cache).
+# The most bytes of training images `sampling="auto"` keeps on each GPU or
+# TPU (read into memory first, from a photo cache).
 DEVICE_IMAGES_LIMIT = 1 << 30
 
 
@@ -230,6 +230,17 @@ def train_steps(state: TrainState, data: DeviceData | None, inputs: Any, *,
   return jax.lax.scan(one_step, state, inputs)
 
 
+def draws_on_device(config: Config, images: Any, backend: str) -> bool:
+  """Whether batches are drawn on the device: as configured, or (auto) on
+  GPUs and TPUs when the training images take at most
+  `DEVICE_IMAGES_LIMIT`. On the CPU the host draws while the step runs on
+  the other core, which measured faster (docs/performance.md)."""
+  if config.sampling != "auto":
+    return config.sampling == "device"
+  size = np.prod(images.shape) * images.dtype.itemsize
+  return backend != "cpu" and size <= DEVICE_IMAGES_LIMIT
+
+
 def steps_per_call(config: Config, backend: str) -> int:
   """Steps per compiled call: the config's, or the backend's default."""
   return config.steps_per_call or STEPS_PER_CALL.get(backend, 1)
@@ -337,9 +348,7 @@ def train_and_evaluate(
 
   # Input: the training images on the devices with an on-device sampler,
   # or batches drawn on the host and copied for each call.
-  images_bytes = np.prod(train.images.shape) * train.images.dtype.itemsize
-  on_device = config.sampling == "device" or (
-      config.sampling == "auto" and images_bytes <= DEVICE_IMAGES_LIMIT)
+  on_device = draws_on_device(config, train.images, jax.default_backend())
   device_data = None
   if on_device:
     device_data = devices.replicate(DeviceData(
