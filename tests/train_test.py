@@ -117,9 +117,9 @@ def test_resume_equals_uninterrupted_run(dataset_dirs, tmp_path, sampling,
     np.testing.assert_array_equal(a, b)
 
 
-def test_steps_per_call_change_nothing_but_speed(dataset_dirs, tmp_path):
-  """On the CPU, a scan of 4 steps gives bitwise the parameters of 4 calls
-  (the README's promise)."""
+def test_steps_per_call_change_nothing_but_rounding(dataset_dirs, tmp_path):
+  """A call of 4 steps (unrolled on the CPU) takes the steps of 4 calls of
+  one: the same batches and updates, up to float32 rounding."""
   params = []
   for per_call in (1, 4):
     config = tiny_config(dataset_dirs, steps=8, checkpoint_every=0,
@@ -128,7 +128,7 @@ def test_steps_per_call_change_nothing_but_speed(dataset_dirs, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / str(per_call)))
     params.append(saved_params(config, tmp_path / str(per_call)))
   for a, b in zip(*map(jax.tree.leaves, params)):
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_workdir_with_other_config_is_refused(dataset_dirs, tmp_path):

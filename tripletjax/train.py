@@ -205,7 +205,8 @@ def train_steps(state: TrainState, data: DeviceData | None, inputs: Any, *,
                 mesh: jax.sharding.Mesh | None = None,
                 axis_name: str | None = None, **step_settings
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """Several train steps in one call (a `lax.scan` of `train_step`).
+  """Several train steps in one call: a `lax.scan` of `train_step`, on the
+  CPU the steps one after the other (no loop).
 
   Args:
     state: the train state.
@@ -227,7 +228,16 @@ def train_steps(state: TrainState, data: DeviceData | None, inputs: Any, *,
       batch = data.batch(state.step, mesh=mesh, axis_name=axis_name)
     return step_fn(state, *batch)
 
-  return jax.lax.scan(one_step, state, inputs)
+  if jax.default_backend() != "cpu":
+    return jax.lax.scan(one_step, state, inputs)
+  # XLA's CPU backend runs convolutions inside a while loop about 20 times
+  # slower than outside one (docs/performance.md), and `lax.scan`'s unroll
+  # keeps a loop for one step: the steps are traced one after the other.
+  step_metrics = []
+  for i in range(len(jax.tree.leaves(inputs)[0])):
+    state, metrics = one_step(state, jax.tree.map(lambda x: x[i], inputs))
+    step_metrics.append(metrics)
+  return state, jax.tree.map(lambda *x: jnp.stack(x), *step_metrics)
 
 
 def draws_on_device(config: Config, images: Any, backend: str) -> bool:
