@@ -1,9 +1,14 @@
 """Every bad setting is refused with a message naming it."""
 
+import json
+import os
+import tempfile
+
 from absl.testing import absltest
 from absl.testing import parameterized
 
 from tripletjax import config as config_lib
+from tripletjax import workdir
 
 
 class ValidateTest(parameterized.TestCase):
@@ -29,6 +34,8 @@ class ValidateTest(parameterized.TestCase):
       ("augment_rotation", float("nan"), "augment_rotation"),
       ("augment_scale", 1.0, "augment_scale"),
       ("eval_every", -1, "eval_every"),
+      ("sampling", "gpu", "sampling"),
+      ("steps_per_call", -1, "steps_per_call"),
       ("manual_dir", "/nonexistent/dir", "manual_dir"),
   )
   def test_bad_value_is_named(self, name, value, pattern):
@@ -49,6 +56,20 @@ class ValidateTest(parameterized.TestCase):
                                        examples_per_class=4).batch_size, 12)
     self.assertEqual(config_lib.Config(loss="random_triplets",
                                        triplets_per_batch=5).batch_size, 15)
+
+
+  def test_a_run_recorded_before_a_setting_existed_had_its_earlier_value(self):
+    # A run recorded before `sampling` and `steps_per_call` drew on the host,
+    # one step per call: resuming it with the defaults is a change.
+    run = tempfile.mkdtemp()
+    recorded = config_lib.Config().to_dict()
+    del recorded["sampling"], recorded["steps_per_call"]
+    with open(os.path.join(run, workdir.CONFIG_FILE), "w") as f:
+      json.dump(recorded, f)
+    with self.assertRaisesRegex(ValueError, r"sampling: 'host' -> 'auto'.*"
+                                r"steps_per_call: 1 -> 0"):
+      workdir.prepare(run, config_lib.Config())
+    workdir.prepare(run, config_lib.Config(sampling="host", steps_per_call=1))
 
 
 if __name__ == "__main__":
