@@ -253,15 +253,17 @@ def free_port():
 
 
 def test_two_processes_reach_the_parameters_of_one(dataset_dirs, tmp_path):
+  """Batches drawn on the devices, two calls of three steps. (The other
+  multi-process tests draw on the host, the CPU's default.)"""
   steps = 6
   single = tmp_path / "single"
-  config = train_test.tiny_config(dataset_dirs, steps=steps,
-                                  checkpoint_every=0, augment_shift=0)
+  settings = dict(steps=steps, checkpoint_every=0, augment_shift=0,
+                  sampling="device", steps_per_call=3)
+  config = train_test.tiny_config(dataset_dirs, **settings)
   two = tmp_path / "two"
   port = free_port()
-  flags = reliability_test.job_flags(dataset_dirs, two, steps=steps,
-                                     checkpoint_every=0, augment_shift=0,
-                                     keep_checkpoints=3)
+  flags = reliability_test.job_flags(dataset_dirs, two, keep_checkpoints=3,
+                                     **settings)
   jobs = [reliability_test.start_job(
       [*flags, f"--coordinator_address=127.0.0.1:{port}",
        "--num_processes=2", f"--process_id={i}"]) for i in range(2)]

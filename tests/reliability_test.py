@@ -113,15 +113,16 @@ def test_sigkill_then_relaunch_equals_uninterrupted_run(dataset_dirs,
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_writes_a_checkpoint_of_the_current_step(dataset_dirs,
                                                         tmp_path, signum):
-  """A preemption notice (SIGTERM) or Ctrl-C (SIGINT)."""
+  """A preemption notice (SIGTERM) or Ctrl-C (SIGINT): the call in flight
+  (of 7 steps) ends, and its last step is checkpointed."""
   job = start_job(job_flags(dataset_dirs, tmp_path, steps=100000,
-                            checkpoint_every=1000))
+                            checkpoint_every=1000, steps_per_call=7))
   wait_until_training(tmp_path, job)
   job.send_signal(signum)
   output = job.communicate(timeout=120)[0]
   assert job.returncode == 0, output[-3000:]
   step = stopped_step(output)
-  assert 0 < step < 1000
+  assert 0 < step < 1000 and step % 7 == 0, step
   assert (tmp_path / "checkpoints" / str(step)).is_dir()
 
 
