@@ -171,10 +171,11 @@ class Config:
       "cache's are then read into memory), host otherwise and on the CPU, "
       "where it measured faster.")
   steps_per_call: int = _setting(
-      0, "Train steps per compiled call (one lax.scan); metrics are read "
-      "back, and checkpoints, evaluations and stop requests honoured, "
-      "between calls. 0: the default measured for the backend "
-      "(docs/performance.md).")
+      0, "Train steps per compiled call (a lax.scan; on the CPU unrolled); "
+      "metrics are read back, and checkpoints, evaluations and stop "
+      "requests honoured, between calls. 0: the backend's default, 10 on "
+      "the CPU (measured, docs/performance.md), 100 on GPUs and TPUs (not "
+      "yet measured).")
   # Evaluation, checkpoints, logging.
   eval_every: int = _setting(
       1000, "Evaluate every this many steps (0: only at the end).")

@@ -4,8 +4,8 @@
       train.train_and_evaluate(config, workdir, should_stop=stop)
 
 The first signal asks the run to stop: it finishes the call in flight (one
-or several steps), writes a checkpoint of the current step and returns. A second SIGINT interrupts at
-once, as usual.
+or several steps), writes a checkpoint of the current step and returns. A
+second SIGINT interrupts at once, as usual.
 
 With several processes a signal often reaches only one of them (a scheduler
 preempting one host), and a process that stopped alone would leave the

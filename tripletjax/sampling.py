@@ -267,10 +267,6 @@ class DeviceSampler:
                seed=jnp.int32(seed), kind=kind, p=p, k=k,
                max_count=int(index.counts.max()))
 
-  @property
-  def batch_size(self) -> int:
-    return self.p * self.k
-
   def draw(self, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Batch `step`: ``(indices, labels)``, ``int32 [P * K]`` each, in the
     order of the host sampler's (class by class; anchor, positive, negative
@@ -287,9 +283,8 @@ class DeviceSampler:
       # K distinct members per class: the K smallest of random keys, the
       # places beyond the class's size keyed out of reach (keys are < 1).
       keys = jax.random.uniform(second, (self.p, self.max_count))
-      keys = jnp.where(jnp.arange(self.max_count) < self.counts[classes][:,
-                                                                         None],
-                       keys, 2.0)
+      present = jnp.arange(self.max_count) < self.counts[classes][:, None]
+      keys = jnp.where(present, keys, 2.0)
       picks = lax.top_k(-keys, self.k)[1]
       indices = self.members[self.offsets[classes][:, None] + picks]
       indices = indices.reshape(-1)
