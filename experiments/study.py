@@ -15,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from absl import flags
 import numpy as np
+from scipy import stats
 
 from experiments import common
 from tripletjax import config as config_lib
@@ -120,6 +121,30 @@ def summarize(rows: Sequence[dict[str, Any]], group: str,
                          f"{values.mean():.4f} ± {values.std(ddof=1):.4f}")
     out.append(summary)
   return out
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95
+                  ) -> tuple[float, float]:
+  """The mean of `values` and the half-width of its Student-t confidence
+  interval at `level` (NaN for fewer than two values)."""
+  values = np.asarray(values, np.float64)
+  if len(values) < 2:
+    return float(values.mean()), float("nan")
+  t = stats.t.ppf((1 + level) / 2, len(values) - 1)
+  return float(values.mean()), float(
+      t * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def difference_interval(a: Sequence[float], b: Sequence[float],
+                        level: float = 0.95) -> tuple[float, float, float]:
+  """``mean(a) - mean(b)``, the half-width of Welch's confidence interval
+  at `level` for it (unequal variances; the runs of `a` and `b` are
+  independent) and Welch's two-sided p-value."""
+  result = stats.ttest_ind(np.asarray(a, np.float64),
+                           np.asarray(b, np.float64), equal_var=False)
+  low, high = result.confidence_interval(level)
+  return float((high + low) / 2), float((high - low) / 2), float(
+      result.pvalue)
 
 
 def markdown_table(rows: Sequence[dict[str, str]]) -> str:

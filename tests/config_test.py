@@ -37,6 +37,8 @@ class ValidateTest(parameterized.TestCase):
       ("sampling", "gpu", "sampling"),
       ("steps_per_call", -1, "steps_per_call"),
       ("manual_dir", "/nonexistent/dir", "manual_dir"),
+      ("train_classes", (1, 1), "train_classes"),
+      ("test_classes", (-1,), "test_classes"),
   )
   def test_bad_value_is_named(self, name, value, pattern):
     with self.assertRaisesRegex(ValueError, pattern):

@@ -73,6 +73,14 @@ def test_splits_and_labels(omniglot_dirs):
   assert small.images.shape == (9, 28, 28, 1)
 
 
+def test_background_alphabets(omniglot_dirs):
+  alphabets = omniglot.background_alphabets(omniglot_dirs["manual_dir"])
+  assert alphabets == {"Alpha": (0, 1), "Beta": (2,)}
+  train = data.load(omniglot.NAME, "train", **omniglot_dirs)
+  beta = train.images[train.labels == 2, ..., 0]
+  assert beta.shape == (3, 105, 105)  # Beta's one character, three drawers.
+
+
 def test_one_shot_runs(omniglot_dirs):
   runs, _ = data.load_features(omniglot.NAME, "one_shot",
                                ("label", "run", "is_query"), **omniglot_dirs)

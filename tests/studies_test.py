@@ -1,23 +1,25 @@
 """The research scripts' --quick modes, run as a user runs them."""
 
 import csv
+import json
 import os
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from scipy import stats
 
+from experiments import compare_mining
 from experiments import study
 from tripletjax import config as config_lib
+from tripletjax import data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("module,groups,figures", [
-    ("experiments.compare_mining",
-     ["random_triplets", "batch_all", "batch_hard", "batch_hard_soft",
-      "semihard"], ["accuracy_vs_steps.png"]),
     ("experiments.batch_size_sweep", None,
      ["batch_size.png", "batch_size_time.png"]),
     ("experiments.baselines", None, []),
@@ -46,6 +48,85 @@ def test_quick_mode(module, groups, figures, dataset_dirs, tmp_path):
                           for r in rows]
   assert untimed(csv.DictReader(open(tmp_path / "results.csv"))) == untimed(
       rows)
+
+
+def test_compare_mining_tunes_on_validation_classes_and_tests_on_others(
+    dataset_dirs, tmp_path):
+  flags = ["--quick", "--strategies=batch_all,batch_hard_soft",
+           f"--output_dir={tmp_path}",
+           *(f"--{k}={v}" for k, v in dataset_dirs.items())]
+  result = _run("experiments.compare_mining", flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+  tuning = [r for r in rows if r["phase"] == "tuning"]
+  final = [r for r in rows if r["phase"] == "final"]
+  draws = compare_mining.draws(2, (0.02, 1.0), (3e-4, 3e-3))
+  for strategy in ("batch_all", "batch_hard_soft"):
+    trials = [r for r in tuning if r["strategy"] == strategy]
+    # Every strategy gets the same draws; the soft margin has no margin.
+    assert [float(r["learning_rate"]) for r in trials] == [
+        rate for _, rate in draws]
+    assert [float(r["margin"]) for r in trials] == (
+        [0.5, 0.5] if strategy == "batch_hard_soft" else
+        [margin for margin, _ in draws])
+    best = max(trials, key=lambda r: float(r["MAP@R"]))
+    runs = [r for r in final if r["strategy"] == strategy]
+    assert [r["seed"] for r in runs] == ["1", "2"]
+    assert {(r["margin"], r["learning_rate"]) for r in runs} == {
+        (best["margin"], best["learning_rate"])}
+  # Tuning scored the train split's digits 3-4 alone; the final runs trained
+  # on 0-4 and were scored on the test split's 5-9 alone.
+  train = data.load("mnist", "train[:2000]", **dataset_dirs)
+  test = data.load("mnist", "test[:500]", **dataset_dirs)
+  for name, split, classes, trained in (
+      ("batch_all-trial0", train, [3, 4], [0, 1, 2]),
+      ("batch_all-seed1", test, [5, 6, 7, 8, 9], [0, 1, 2, 3, 4])):
+    results = _results(tmp_path, name)
+    assert results["unseen_queries"] == np.isin(split.labels, classes).sum()
+    assert not any(k.startswith("test_") for k in results)
+    assert results["config"]["train_classes"] == trained
+  table = (tmp_path / "results.md").read_text()
+  assert table.count("\n| batch_") == 2
+  assert "batch_all − batch_hard_soft" in table or (
+      "batch_hard_soft − batch_all" in table)
+  for figure in ("validation_vs_margin.png", "test_vs_steps.png"):
+    assert (tmp_path / figure).stat().st_size > 1000
+  again = _run("experiments.compare_mining", flags)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "batch_all seed 2" in again.stdout
+
+
+def test_compare_mining_refuses_a_dataset_without_class_sets(tmp_path):
+  result = _run("experiments.compare_mining",
+                ["--quick", "--dataset=kmnist", f"--output_dir={tmp_path}"])
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "Error: compare_mining knows the class sets of mnist, fashion_mnist "
+      "and omniglot_lake, not 'kmnist'.")
+
+
+def test_mean_interval_by_hand():
+  # t(0.975, 2 degrees of freedom) = 4.303 (tables); s = 1.
+  mean, half = study.mean_interval([1.0, 2.0, 3.0])
+  assert mean == 2.0 and half == pytest.approx(4.303 / np.sqrt(3), rel=1e-3)
+  assert np.isnan(study.mean_interval([0.7])[1])
+
+
+def test_difference_interval_is_welchs():
+  a, b = np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 6.0, 8.0])
+  va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 4  # 1/3 and 5/3.
+  df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 3)  # Welch-Satterthwaite.
+  se = np.sqrt(va + vb)
+  diff, half, p = study.difference_interval(a, b)
+  assert diff == pytest.approx(-3.0)
+  assert half == pytest.approx(stats.t.ppf(0.975, df) * se)
+  assert p == pytest.approx(2 * stats.t.sf(3.0 / se, df))
+
+
+def _results(out, name):
+  """results.json of the study's run whose workdir starts with `name-`."""
+  [workdir] = [d for d in os.listdir(out) if d.startswith(f"{name}-")]
+  return json.loads((out / workdir / "results.json").read_text())
 
 
 def _run(module, flags):

@@ -96,6 +96,21 @@ def test_held_out_classes_are_evaluated_as_unseen(dataset_dirs, tmp_path):
     data.load_splits(config.replace(train_classes=(1, 12)))
 
 
+def test_validation_classes_come_from_the_train_split(dataset_dirs):
+  """train_classes and test_classes over one split: a validation set of
+  held-out training classes, which nothing trains on."""
+  config = tiny_config(dataset_dirs, test_split="train[:2000]",
+                       train_classes=(0, 1, 2), test_classes=(3, 4))
+  train_split, validation = data.load_splits(config)
+  full = data.load("mnist", "train[:2000]", **dataset_dirs)
+  held_out = np.isin(full.labels, [3, 4])
+  assert set(train_split.labels.tolist()) == {0, 1, 2}
+  np.testing.assert_array_equal(validation.labels, full.labels[held_out])
+  np.testing.assert_array_equal(validation.images, full.images[held_out])
+  with pytest.raises(ValueError, match=r"test_classes \[12\] do not occur"):
+    data.load_splits(config.replace(test_classes=(3, 12)))
+
+
 @pytest.mark.parametrize("sampling,steps_per_call", [("host", 1),
                                                      ("device", 3)])
 def test_resume_equals_uninterrupted_run(dataset_dirs, tmp_path, sampling,

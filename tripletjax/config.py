@@ -30,7 +30,8 @@ SAMPLINGS = ("auto", "device", "host")
 # Settings added since runs were first recorded, with the value that a run
 # recorded without them had in force (where that is not the default).
 EARLIER_VALUES = {"sampling": "host", "steps_per_call": 1}
-TUPLE_FIELDS = ("widths", "train_classes", "knn_ks", "few_shot_shots")
+TUPLE_FIELDS = ("widths", "train_classes", "test_classes", "knn_ks",
+                "few_shot_shots")
 LOSS_NAMES = (*losses.MINING_LOSSES, *losses.SAMPLING_LOSSES, RANDOM_TRIPLETS)
 
 
@@ -84,6 +85,10 @@ class Config:
       (), "Train on these class ids only (empty: all); test images of the "
       "others are evaluated as unseen classes (leave-one-out retrieval, "
       "few-shot episodes).")
+  test_classes: tuple[int, ...] = _setting(
+      (), "Evaluate only the test images of these class ids (empty: all); "
+      "with the train split as test_split, images of training classes held "
+      "out by train_classes become a validation set.")
   # Model.
   model: str = _setting(
       "cnn", f"Embedding network: {', '.join(models.MODELS)} (the _small "
@@ -314,10 +319,11 @@ def validate(config: Config) -> Config:
     _require(len(values) > 0 and all(
         isinstance(v, int) and v > 0 for v in values),
              f"{name} must be positive integers, got {values!r}.")
-  _require(all(isinstance(v, int) and v >= 0 for v in c.train_classes)
-           and len(set(c.train_classes)) == len(c.train_classes),
-           f"train_classes must be distinct class ids >= 0, got "
-           f"{c.train_classes!r}.")
+  for name in ("train_classes", "test_classes"):
+    values = getattr(c, name)
+    _require(all(isinstance(v, int) and v >= 0 for v in values)
+             and len(set(values)) == len(values),
+             f"{name} must be distinct class ids >= 0, got {values!r}.")
   _require(isinstance(c.image_size, int) and c.image_size >= 0,
            f"image_size must be >= 0 (0: keep), got {c.image_size!r}.")
   _require(c.dataset != FOLDER_PREFIX,

@@ -172,12 +172,14 @@ def retrieval_grid(query_images: np.ndarray, query_labels: np.ndarray,
 
 def lines(series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
           path: str, *, xlabel: str, ylabel: str, title: str = "",
-          log_x: bool = False) -> str:
+          log_x: bool = False, joined: bool = True) -> str:
   """One line per entry of `series`: ``{label: (x, y, y_std or None)}``,
-  with a shaded band of one standard deviation where given."""
+  with a shaded band of one standard deviation where given; points alone
+  unless `joined`."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for label, (x, y, std) in series.items():
-    line, = ax.plot(x, y, marker="o", markersize=3, label=label)
+    line, = ax.plot(x, y, marker="o", markersize=3 if joined else 5,
+                    linestyle="-" if joined else "", label=label)
     if std is not None:
       ax.fill_between(x, np.asarray(y) - std, np.asarray(y) + std,
                       color=line.get_color(), alpha=0.2)

@@ -135,6 +135,21 @@ def _one_shot_examples(archive: zipfile.ZipFile):
                      "run": run, "is_query": is_query}
 
 
+def background_alphabets(manual_dir: str) -> dict[str, tuple[int, ...]]:
+  """``{alphabet: labels of its characters}`` of the background set (split
+  ``train``), in the builder's numbering: for splits by alphabet, as Lake
+  et al.'s evaluation set is split from the background set.
+
+  Args:
+    manual_dir: the manual directory or its ``omniglot/`` sub-folder.
+  """
+  alphabets: dict[str, list[int]] = {}
+  for (alphabet, _), label in _background_ids(
+      find_manual_dir(manual_dir)).items():
+    alphabets.setdefault(alphabet, []).append(label)
+  return {name: tuple(labels) for name, labels in sorted(alphabets.items())}
+
+
 def find_manual_dir(manual_dir: str) -> str:
   """`manual_dir` or its ``omniglot/`` sub-folder, whichever has the zips.
 

@@ -42,13 +42,13 @@ def input_shape(config: config_lib.Config, split: Split
 
 def load_splits(config: config_lib.Config) -> tuple[Split, Split]:
   """The train split (only ``config.train_classes`` if given) and the test
-  split of ``config.dataset``: a photo dataset from the disk cache
-  (`tripletjax.data.photos`), any other from tensorflow-datasets into host
-  memory.
+  split (only ``config.test_classes`` if given) of ``config.dataset``: a
+  photo dataset from the disk cache (`tripletjax.data.photos`), any other
+  from tensorflow-datasets into host memory.
 
   Raises:
-    ValueError: a class of ``train_classes`` does not occur in the train
-      split.
+    ValueError: a class of ``train_classes`` (``test_classes``) does not
+      occur in the train (test) split.
   """
   if config.is_photo_dataset:
     train, test = photos.load_splits(config)
@@ -58,12 +58,19 @@ def load_splits(config: config_lib.Config) -> tuple[Split, Split]:
         manual_dir=config.manual_dir, image_size=config.image_size or None)
     train, test = (with_channels(load(s), config.channels)
                    for s in (config.train_split, config.test_split))
-  if config.train_classes:
-    absent = sorted(set(config.train_classes) - set(train.labels.tolist()))
-    if absent:
-      raise ValueError(
-          f"train_classes {absent} do not occur in {config.dataset!r} "
-          f"{config.train_split!r} (labels {train.labels.min()}-"
-          f"{train.labels.max()}).")
-    train = train.select(np.isin(train.labels, config.train_classes))
-  return train, test
+  return (_only(train, config.train_classes, "train_classes",
+                f"{config.dataset!r} {config.train_split!r}"),
+          _only(test, config.test_classes, "test_classes",
+                f"{config.dataset!r} {config.test_split!r}"))
+
+
+def _only(split: Split, classes: tuple[int, ...], name: str, where: str
+          ) -> Split:
+  """The images of `split` whose class is in `classes` (empty: all)."""
+  if not classes:
+    return split
+  absent = sorted(set(classes) - set(split.labels.tolist()))
+  if absent:
+    raise ValueError(f"{name} {absent} do not occur in {where} (labels "
+                     f"{split.labels.min()}-{split.labels.max()}).")
+  return split.select(np.isin(split.labels, classes))
