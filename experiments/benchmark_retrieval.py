@@ -15,6 +15,8 @@ the seconds of each phase.
   python -m experiments.benchmark_retrieval --references=60000,120000,240000
   python -m experiments.benchmark_retrieval --references=60000 --profile
   python -m experiments.benchmark_retrieval --leave_one_out \
+      --references=4861 --classes=5 --noise=0.15 --verification
+  python -m experiments.benchmark_retrieval --leave_one_out \
       --references=60000 --classes=11316   # SOP's size
 
 Expected on two CPU cores (docs/performance.md): the main job's 10,000 test
@@ -45,16 +47,23 @@ _JSON = flags.DEFINE_string("json", None, "Also write the rows to this file.")
 _LEAVE_ONE_OUT = flags.DEFINE_bool(
     "leave_one_out", False, "Rank the references against each other (each "
     "query leaves itself out); with --workdir, the test split's.")
+_VERIFICATION = flags.DEFINE_bool(
+    "verification", False, "With --leave_one_out: also time the verification "
+    "metrics of all pairs of the same embeddings (second call).")
 _PROFILE = flags.DEFINE_bool(
     "profile", False, "Also print the seconds of each phase of the timed "
     "call (device phases include waiting for the device).")
 
 
 def _measure(num_q, num_r, dim, classes, noise, metric, workdir,
-             leave_one_out, profile) -> dict:
+             leave_one_out, profile, verification) -> dict:
   """Runs in a child process: one call of `retrieval_metrics`, timed twice
-  (the first includes compilation)."""
-  from tripletjax import retrieval  # pylint: disable=g-import-not-at-top
+  (the first includes compilation), and with `verification` one of
+  `verification_metrics`."""
+  # pylint: disable=g-import-not-at-top
+  from tripletjax import retrieval
+  from tripletjax import verification as verification_lib
+  # pylint: enable=g-import-not-at-top
   queries, query_labels, references, reference_labels, run_metric = (
       common.retrieval_embeddings(num_q, num_r, dim, classes, noise,
                                   workdir))
@@ -74,6 +83,12 @@ def _measure(num_q, num_r, dim, classes, noise, metric, workdir,
         queries, query_labels, references, reference_labels, metric=metric,
         profile=profile)
     times.append(time.perf_counter() - start)
+  if verification and leave_one_out:
+    for _ in range(2):
+      start = time.perf_counter()
+      verification_lib.verification_metrics(queries, query_labels,
+                                            metric=metric)
+      result["verification_seconds"] = time.perf_counter() - start
   return {"queries": num_q, "references": num_r, "dim": dim,
           "first_call_seconds": times[0], "seconds": times[1],
           "rss_before_mib": rss_before,
@@ -93,14 +108,15 @@ def main(argv):
       ("peak RSS", "peak_rss_mib", ".0f"), ("MAP@R", "map_at_r", ".3f"),
       ("P@1", "precision_at_1", ".3f"),
       ("ranked/query", "ranked_per_query", ".0f"),
-      ("fully ranked", "fully_ranked_queries", "d")], _JSON.value)
+      ("fully ranked", "fully_ranked_queries", "d"),
+      ("verification (s)", "verification_seconds", ".2f")], _JSON.value)
   sizes = [0] if _WORKDIR.value else map(int, _REFERENCES.value)
   for num_r in sizes:
     with context.Pool(1) as pool:
       table.add(pool.apply(_measure, (
           _QUERIES.value, num_r, _DIM.value, _CLASSES.value, _NOISE.value,
           _METRIC.value, _WORKDIR.value, _LEAVE_ONE_OUT.value,
-          _PROFILE.value)))
+          _PROFILE.value, _VERIFICATION.value)))
     for name, seconds in table.rows[-1].items():
       if name.startswith("seconds "):
         print(f"  {name[len('seconds '):]:<40}{seconds:8.2f} s")

@@ -128,6 +128,24 @@ class RetrievalMetricsTest(parameterized.TestCase):
     _check(self, queries, query_labels, references, reference_labels,
            group_size=group_size, max_groups=2)
 
+  @parameterized.parameters(False, True)
+  def test_ties_among_hundreds_of_negatives(self, leave_one_out):
+    """Ranked against every reference, with more negatives per query than
+    `_KEYS_PER_ROW_SEARCH` (their places are then found row by row) and
+    exact ties between positives and negatives."""
+    rng = np.random.default_rng(3)
+    points = rng.integers(-2, 3, size=(6, 2)).astype(np.float32)
+    references = points[rng.integers(0, 6, 700)]
+    reference_labels = rng.integers(0, 4, 700)
+    queries, query_labels = points[rng.integers(0, 6, 60)], rng.integers(
+        0, 4, 60)
+    if leave_one_out:
+      queries, query_labels = references, reference_labels
+      references = reference_labels = None
+    self.assertGreater(700 * 3 / 4, 2 * retrieval._KEYS_PER_ROW_SEARCH)
+    _check(self, queries, query_labels, references, reference_labels,
+           rank_directly_below=10**9)
+
   def test_hand_computed(self):
     # Query of label 0; references ranked by distance: 0, 1, 0, 1, 0.
     refs = np.array([[1.0], [2.0], [3.0], [4.0], [5.0]], np.float32)

@@ -71,6 +71,7 @@ from tripletjax import distances
 from tripletjax import sorting
 
 _KEY_MAX = np.uint32(0xFFFFFFFF)  # Sort key of "no reference".
+_KEYS_PER_ROW_SEARCH = 256  # `_count_below` searches row by row above this.
 _BLOCK_REFERENCES = 2048  # References per block of the group pass.
 _MAX_ROWS = 1024  # Queries per block.
 # Similarity of a padding reference: below any real one, finite (0 * inf
@@ -558,12 +559,8 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
     negative &= keys < bound[:, None]
   count = negative.sum(axis=1)
   width = max(1, int(count.max(initial=0)))
-  # The negatives of all rows in rank order: by row, key, reference index.
-  row, column = np.nonzero(negative)
-  order = np.lexsort((index[row, column], keys[row, column], row))
-  row, column = row[order], column[order]
-  neg_keys = keys[row, column]
-  rank = np.arange(len(row)) - np.repeat(np.cumsum(count) - count, count)
+  row, rank, neg_keys, neg_refs = _in_rank_order(
+      negative, count, keys, index, dense=bound is None)
   # Each negative's place: 1 + the positives and the negatives before it.
   before = _count_below(chunk.sorted_positives, chunk.relevant, part[row],
                         neg_keys)
@@ -573,11 +570,11 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   for t in tied:  # Equal keys: the lower reference index first.
     before[t] += np.count_nonzero(
         (chunk.positive_keys[part[row[t]]] == neg_keys[t]) &
-        (chunk.span_index < index[row[t], column[t]]))
+        (chunk.span_index < neg_refs[t]))
   place = np.full((len(part), width), np.iinfo(np.int64).max)
   place[row, rank] = before + rank + 1
   neg_index = np.zeros((len(part), width), np.int64)
-  neg_index[row, rank] = index[row, column]
+  neg_index[row, rank] = neg_refs
   exact = np.ones(len(part), bool)
   if bound is not None:
     known = _count_below(chunk.sorted_positives, chunk.relevant, part,
@@ -592,6 +589,34 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   for name, v in values.items():
     per_query[name][rows] = v[exact]
   return exact
+
+
+def _in_rank_order(negative, count, keys, index, dense: bool):
+  """The negatives of each row in rank order (by key, then reference
+  index): ``(row, rank in the row, key, reference index)``, rows ascending.
+
+  Dense (every reference a candidate, most of them negatives): one 64-bit
+  word ``key << 32 | index`` per entry, sorted along the rows, the others
+  last: faster than a lexsort of them all. Sparse (a few candidates left
+  negative): a lexsort of those alone, faster than sorting every row
+  (docs/performance.md).
+  """
+  if dense:
+    words = keys.astype(np.uint64)
+    words <<= np.uint64(32)
+    words |= index.astype(np.uint64)
+    words[~negative] = np.iinfo(np.uint64).max
+    words.sort(axis=1)
+    width = max(1, int(count.max(initial=0)))
+    row, rank = np.nonzero(np.arange(width)[None, :] < count[:, None])
+    word = words[row, rank]
+    return (row, rank, (word >> np.uint64(32)).astype(keys.dtype),
+            (word & np.uint64(0xFFFFFFFF)).astype(np.int64))
+  row, column = np.nonzero(negative)
+  order = np.lexsort((index[row, column], keys[row, column], row))
+  row, column = row[order], column[order]
+  rank = np.arange(len(row)) - np.repeat(np.cumsum(count) - count, count)
+  return row, rank, keys[row, column], index[row, column].astype(np.int64)
 
 
 def _best(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
@@ -620,9 +645,23 @@ def _by_rows(function, *arrays: np.ndarray):
 def _count_below(sorted_rows: np.ndarray, length: np.ndarray,
                  row: np.ndarray, key: np.ndarray) -> np.ndarray:
   """For each ``(row[i], key[i])``, how many of the first ``length[row[i]]``
-  entries of ``sorted_rows[row[i]]`` (ascending) are below ``key[i]``: one
-  binary search for all pairs.
+  entries of ``sorted_rows[row[i]]`` (ascending) are below ``key[i]``.
+
+  With many keys per row (a fully ranked query's negatives, which come
+  sorted), one search per row walks its entries in order; with few, one
+  binary search steps all pairs at once (a search per row would cost more
+  in calls than in work).
   """
+  if len(row) and len(row) >= _KEYS_PER_ROW_SEARCH * (
+      int(row.max()) - int(row.min()) + 1):
+    order = np.argsort(row, kind="stable")
+    by_row = row[order]
+    starts = np.flatnonzero(np.diff(by_row, prepend=-1))
+    out = np.empty(len(row), np.int64)
+    for start, stop in zip(starts, [*starts[1:], len(row)]):
+      r, mine = by_row[start], order[start:stop]
+      out[mine] = np.searchsorted(sorted_rows[r, :length[r]], key[mine])
+    return out
   lo, hi = np.zeros(len(row), np.int64), length[row].astype(np.int64)
   width = sorted_rows.shape[1]
   flat, start = sorted_rows.reshape(-1), row.astype(np.int64) * width

@@ -128,6 +128,9 @@ def verification_metrics(
   num_negative = 0
   for block in negatives:
     num_negative += block.size
+    # Sorted, the binary searches walk `same` in order: ~9x faster than in
+    # the pairs' order on two cores (the sort itself is cheap).
+    block = np.sort(block)
     at_most += np.bincount(np.searchsorted(same, block, "left"),
                            minlength=len(same) + 1)
     less += np.bincount(np.searchsorted(same, block, "right"),
