@@ -113,6 +113,10 @@ def class_sets(config: config_lib.Config) -> Classes:
     alphabets = omniglot.background_alphabets(
         data.resolve_manual_dir(omniglot.NAME, config.manual_dir) or "")
     held_out = list(alphabets)[4::5]
+    if not held_out:
+      raise ValueError(f"{omniglot.NAME}'s background set has "
+                       f"{len(alphabets)} alphabets; validation holds out "
+                       "every fifth, so it needs at least 5.")
     return Classes(
         tuning=tuple(sorted(label for name, labels in alphabets.items()
                             if name not in held_out for label in labels)),

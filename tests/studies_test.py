@@ -105,6 +105,24 @@ def test_compare_mining_refuses_a_dataset_without_class_sets(tmp_path):
       "and omniglot_lake, not 'kmnist'.")
 
 
+def test_omniglot_validation_holds_out_every_fifth_alphabet(monkeypatch):
+  alphabets = {f"alphabet{a:02d}": tuple(range(3 * a, 3 * a + 3))
+               for a in range(12)}
+  monkeypatch.setattr(compare_mining.omniglot, "background_alphabets",
+                      lambda manual_dir: alphabets)
+  classes = compare_mining.class_sets(config_lib.Config(
+      dataset="omniglot_lake"))
+  assert classes.validation == (12, 13, 14, 27, 28, 29)  # Alphabets 4, 9.
+  assert classes.tuning == tuple(sorted(set(range(36)) - set(
+      classes.validation)))
+  assert classes.training == classes.test == ()
+  assert classes.validation_split == "train"
+  monkeypatch.setattr(compare_mining.omniglot, "background_alphabets",
+                      lambda manual_dir: dict(list(alphabets.items())[:4]))
+  with pytest.raises(ValueError, match="needs at least 5"):
+    compare_mining.class_sets(config_lib.Config(dataset="omniglot_lake"))
+
+
 def test_mean_interval_by_hand():
   # t(0.975, 2 degrees of freedom) = 4.303 (tables); s = 1.
   mean, half = study.mean_interval([1.0, 2.0, 3.0])
