@@ -165,10 +165,13 @@ def _settings(base: config_lib.Config) -> config_lib.Config:
   steps = changes.pop("steps", base.steps)
   if _BUDGETS[budget][2] is not None:
     changes["steps"] = steps * _BUDGETS[budget][2]
-  changes = {k: v for k, v in changes.items() if not _given(k)}
-  config = base.replace(**changes)
+  config = base.replace(**{k: v for k, v in changes.items()
+                            if not _given(k)})
+  if _given("triplets_per_batch"):
+    return config
   # Random triplets see as many images per batch as P x K.
-  return config.replace(triplets_per_batch=config.batch_size // 3)
+  return config.replace(triplets_per_batch=(
+      config.classes_per_batch * config.examples_per_class // 3))
 
 
 def _record(results: dict[str, Any], keys) -> dict[str, float]:
