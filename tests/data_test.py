@@ -19,15 +19,12 @@ def test_loads_mnist_slice(dataset_dirs):
   assert set(np.unique(split.labels)) <= set(range(10))
 
 
-def test_datasets_with_the_same_file_names_stay_apart(dataset_dirs, tmp_path):
+def test_datasets_with_the_same_file_names_stay_apart(dataset_dirs):
   # MNIST and Fashion-MNIST name their files alike; prepared into one data
-  # directory, each must still get its own images.
-  data_dir = str(tmp_path)
-  manual_dir = dataset_dirs["manual_dir"]
-  mnist = data.load("mnist", "test[:200]", data_dir=data_dir,
-                    manual_dir=manual_dir)
-  fashion = data.load("fashion_mnist", "test[:200]", data_dir=data_dir,
-                      manual_dir=manual_dir)
+  # directory (the suite's, where MNIST is prepared already), each must
+  # still get its own images.
+  mnist = data.load("mnist", "test[:200]", **dataset_dirs)
+  fashion = data.load("fashion_mnist", "test[:200]", **dataset_dirs)
   assert not np.array_equal(mnist.images, fashion.images)
   # Clothes cover much more of the image than digit strokes.
   assert mnist.images.mean() < 40 < 60 < fashion.images.mean()
