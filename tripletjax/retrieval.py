@@ -560,7 +560,7 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   count = negative.sum(axis=1)
   width = max(1, int(count.max(initial=0)))
   row, rank, neg_keys, neg_refs = _in_rank_order(
-      negative, count, keys, index, dense=bound is None)
+      negative, count, width, keys, index, dense=bound is None)
   # Each negative's place: 1 + the positives and the negatives before it.
   before = _count_below(chunk.sorted_positives, chunk.relevant, part[row],
                         neg_keys)
@@ -591,7 +591,7 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   return exact
 
 
-def _in_rank_order(negative, count, keys, index, dense: bool):
+def _in_rank_order(negative, count, width, keys, index, dense: bool):
   """The negatives of each row in rank order (by key, then reference
   index): ``(row, rank in the row, key, reference index)``, rows ascending.
 
@@ -607,7 +607,6 @@ def _in_rank_order(negative, count, keys, index, dense: bool):
     words |= index.astype(np.uint64)
     words[~negative] = np.iinfo(np.uint64).max
     words.sort(axis=1)
-    width = max(1, int(count.max(initial=0)))
     row, rank = np.nonzero(np.arange(width)[None, :] < count[:, None])
     word = words[row, rank]
     return (row, rank, (word >> np.uint64(32)).astype(keys.dtype),

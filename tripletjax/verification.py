@@ -128,8 +128,8 @@ def verification_metrics(
   num_negative = 0
   for block in negatives:
     num_negative += block.size
-    # Sorted, the binary searches walk `same` in order: ~9x faster than in
-    # the pairs' order on two cores (the sort itself is cheap).
+    # Sorted, the binary searches walk `same` in order instead of jumping
+    # about it (docs/performance.md: the metrics about twice as fast).
     block = np.sort(block)
     at_most += np.bincount(np.searchsorted(same, block, "left"),
                            minlength=len(same) + 1)
