@@ -172,6 +172,21 @@ class RetrievalMetricsTest(parameterized.TestCase):
            np.zeros((9, 2), np.float32), np.array([3, 7, 7, 3, 3, 7, 3, 3, 3]),
            group_size=1, max_groups=1)
 
+  def test_tied_negatives_of_groups_ranked_by_index(self):
+    """Through the groups, candidates come group by group, best group
+    first: here the group of label 1 (its member at 0.5 is nearest) before
+    that of label 2. Its member 1 ties with member 0 of label 2 at 1.0;
+    the lower index ranks first, so the 3 nearest are labels 0, 1, 2 (a
+    tie in votes, won by the nearest: right), not 0, 1, 1 (wrong). Far
+    references of label 3 make room for recall@8."""
+    refs = np.array([[1.0], [1.0], [0.2], [3.0], [0.5], [5.0]] + [[9.0]] * 4,
+                    np.float32)
+    labels = np.array([2, 1, 0, 0, 1, 2, 3, 3, 3, 3])
+    got = _check(self, np.zeros((1, 1), np.float32), np.array([0]), refs,
+                 labels, group_size=2, max_groups=5)
+    self.assertEqual(got["fully_ranked_queries"], 0)
+    self.assertEqual(got["knn_accuracy_at_3"], 1.0)
+
   def test_leave_one_out_with_classes_of_one(self):
     # Labels 2 and 3 have one element: those queries are lone.
     rng = np.random.default_rng(3)
