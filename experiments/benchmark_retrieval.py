@@ -18,6 +18,9 @@ the seconds of each phase.
       --references=4861 --classes=5 --noise=0.15 --verification
   python -m experiments.benchmark_retrieval --leave_one_out \
       --references=60000 --classes=11316   # SOP's size
+  python -m experiments.benchmark_retrieval --leave_one_out \
+      --references=13180 --classes=659 --noise=0.15 --few_shot
+      # Omniglot's evaluation set
 
 Expected on two CPU cores (docs/performance.md): the main job's 10,000 test
 embeddings against its 60,000 train embeddings in a few seconds, MAP@R
@@ -50,17 +53,22 @@ _LEAVE_ONE_OUT = flags.DEFINE_bool(
 _VERIFICATION = flags.DEFINE_bool(
     "verification", False, "With --leave_one_out: also time the verification "
     "metrics of all pairs of the same embeddings (second call).")
+_FEW_SHOT = flags.DEFINE_bool(
+    "few_shot", False, "With --leave_one_out: also time the few-shot "
+    "episodes of the same embeddings, as evaluation runs them on unseen "
+    "classes (1,000 20-way episodes of 1 and of 5 shots; second call).")
 _PROFILE = flags.DEFINE_bool(
     "profile", False, "Also print the seconds of each phase of the timed "
     "call (device phases include waiting for the device).")
 
 
 def _measure(num_q, num_r, dim, classes, noise, metric, workdir,
-             leave_one_out, profile, verification) -> dict:
+             leave_one_out, profile, verification, few_shot) -> dict:
   """Runs in a child process: one call of `retrieval_metrics`, timed twice
   (the first includes compilation), and with `verification` one of
-  `verification_metrics`."""
+  `verification_metrics`, with `few_shot` the few-shot episodes."""
   # pylint: disable=g-import-not-at-top
+  from tripletjax import few_shot as few_shot_lib
   from tripletjax import retrieval
   from tripletjax import verification as verification_lib
   # pylint: enable=g-import-not-at-top
@@ -89,6 +97,12 @@ def _measure(num_q, num_r, dim, classes, noise, metric, workdir,
       verification_lib.verification_metrics(queries, query_labels,
                                             metric=metric)
       result["verification_seconds"] = time.perf_counter() - start
+  for shots in (1, 5) if few_shot and leave_one_out else ():
+    for _ in range(2):
+      start = time.perf_counter()
+      few_shot_lib.evaluate(queries, query_labels, ways=20, shots=shots,
+                            metric=metric)
+      result[f"{shots}shot_seconds"] = time.perf_counter() - start
   return {"queries": num_q, "references": num_r, "dim": dim,
           "first_call_seconds": times[0], "seconds": times[1],
           "rss_before_mib": rss_before,
@@ -109,14 +123,16 @@ def main(argv):
       ("P@1", "precision_at_1", ".3f"),
       ("ranked/query", "ranked_per_query", ".0f"),
       ("fully ranked", "fully_ranked_queries", "d"),
-      ("verification (s)", "verification_seconds", ".2f")], _JSON.value)
+      ("verification (s)", "verification_seconds", ".2f"),
+      ("1-shot (s)", "1shot_seconds", ".2f"),
+      ("5-shot (s)", "5shot_seconds", ".2f")], _JSON.value)
   sizes = [0] if _WORKDIR.value else map(int, _REFERENCES.value)
   for num_r in sizes:
     with context.Pool(1) as pool:
       table.add(pool.apply(_measure, (
           _QUERIES.value, num_r, _DIM.value, _CLASSES.value, _NOISE.value,
           _METRIC.value, _WORKDIR.value, _LEAVE_ONE_OUT.value,
-          _PROFILE.value, _VERIFICATION.value)))
+          _PROFILE.value, _VERIFICATION.value, _FEW_SHOT.value)))
     for name, seconds in table.rows[-1].items():
       if name.startswith("seconds "):
         print(f"  {name[len('seconds '):]:<40}{seconds:8.2f} s")

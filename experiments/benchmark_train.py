@@ -42,7 +42,6 @@ batch 256 on two Zen 4 or Zen 5 cores with the XLA CPU flags; several
 hundred thousand on one H100.
 """
 
-import functools
 import statistics
 import tempfile
 import time
@@ -55,6 +54,7 @@ import numpy as np
 
 from experiments import common
 from experiments import cpu_peak
+from experiments import timed_step
 from tripletjax import config as config_lib
 from tripletjax import models
 from tripletjax import train
@@ -99,25 +99,18 @@ _LOOP_TEST_SPLIT = flags.DEFINE_string(
     "result (the full test split's 50 million verification pairs take "
     "minutes).")
 
-_EXAMPLES_PER_CLASS = 16
-
-
 def setup(name: str, batch_size: int) -> config_lib.Config:
   """The `Config` of set-up `name` at `batch_size` (a multiple of 16)."""
-  if batch_size % _EXAMPLES_PER_CLASS:
-    raise ValueError(f"batch sizes must be multiples of "
-                     f"{_EXAMPLES_PER_CLASS}, got {batch_size}.")
-  pk = dict(classes_per_batch=batch_size // _EXAMPLES_PER_CLASS,
-            examples_per_class=_EXAMPLES_PER_CLASS, dtype=_DTYPE.value)
   if name == "reference":
-    return config_lib.Config(loss="batch_hard", augment_shift=0, **pk)
-  if name == "default":
-    return config_lib.Config(**pk)
-  if name.startswith("resnet"):  # Photo recipe, ImageNet normalisation.
-    return config_lib.Config(model=name, augment="none",
-                             input_norm="imagenet", **pk)
-  raise ValueError(f"models must be reference, default or a ResNet, got "
-                   f"{name!r}.")
+    settings = timed_step.REFERENCE
+  elif name == "default":
+    settings = {}
+  elif name.startswith("resnet"):  # Photo recipe, ImageNet normalisation.
+    settings = dict(model=name, augment="none", input_norm="imagenet")
+  else:
+    raise ValueError(f"models must be reference, default or a ResNet, got "
+                     f"{name!r}.")
+  return timed_step.config(batch_size, dtype=_DTYPE.value, **settings)
 
 
 def image_shape() -> tuple[int, int, int]:
@@ -150,39 +143,22 @@ def model_flops_per_image(model, image_shape) -> float:
 def measure_step(config: config_lib.Config, windows: int,
                  steps_per_window: int) -> dict:
   """Compile time, FLOPs and images/s of the train step of `config`."""
-  graphdef, state, tx = train.initial_state(config, image_shape())
-  rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.integers(0, 256, (config.batch_size,
-                                             *image_shape()), np.uint8))
-  labels = jnp.repeat(jnp.arange(config.classes_per_batch, dtype=jnp.int32),
-                      config.examples_per_class)
-  step = jax.jit(functools.partial(train.train_step, graphdef=graphdef, tx=tx,
-                                   config=config), donate_argnums=0)
-  start = time.perf_counter()
-  compiled = step.lower(state, images, labels).compile()
-  compile_seconds = time.perf_counter() - start
-  state, metrics = compiled(state, images, labels)  # Warm-up.
-  jax.block_until_ready(metrics)
-  rates = []
-  for _ in range(windows):
-    start = time.perf_counter()
-    for _ in range(steps_per_window):
-      state, metrics = compiled(state, images, labels)
-    jax.block_until_ready(metrics)
-    rates.append(steps_per_window * config.batch_size /
-                 (time.perf_counter() - start))
-  images_per_second = statistics.median(rates)
-  model = nnx.merge(graphdef, state.params, state.batch_stats)
+  step = timed_step.TimedStep(config, image_shape())
+  step.run(1)  # Warm-up.
+  images_per_second = statistics.median(
+      steps_per_window * config.batch_size / step.run(steps_per_window)
+      for _ in range(windows))
+  model = nnx.merge(step.graphdef, step.state.params, step.state.batch_stats)
   model.eval()  # Counting FLOPs traces it; training mode would update it.
   flops = 3 * model_flops_per_image(model, image_shape()) * config.batch_size
   return {
-      "compile_seconds": compile_seconds,
+      "compile_seconds": step.compile_seconds,
       "images_per_second": images_per_second,
       "step_ms": 1e3 * config.batch_size / images_per_second,
       "gflop_per_step": flops / 1e9,
       "gflops": flops / 1e9 * images_per_second / config.batch_size,
-      "state": state,
-      "graphdef": graphdef,
+      "state": step.state,
+      "graphdef": step.graphdef,
   }
 
 

@@ -89,12 +89,18 @@ def episode_accuracies(support: jax.Array, query: jax.Array, *, metric: str
   _, ways, shots, dim = support.shape
   truth = jnp.repeat(jnp.arange(ways), query.shape[2])
 
+  # The Gram expansion alone, as evaluation's nearest-neighbour search:
+  # under vmap the exact recomputation of close pairs runs both of its
+  # branches for every pair (about 10x the time and memory of 5-shot
+  # episodes, docs/performance.md); it could change only near-ties.
+  pairwise = functools.partial(distances.pairwise_distances, metric=metric,
+                               precise_close_pairs=False)
+
   def one(support, query):
     q = query.reshape(-1, dim)
     prototypes = support.mean(axis=1)
-    to_prototype = distances.pairwise_distances(q, prototypes, metric=metric)
-    to_support = distances.pairwise_distances(
-        q, support.reshape(-1, dim), metric=metric)
+    to_prototype = pairwise(q, prototypes)
+    to_support = pairwise(q, support.reshape(-1, dim))
     nearest = jnp.argmin(to_support, axis=1) // shots
     return {"prototype": jnp.mean(jnp.argmin(to_prototype, axis=1) == truth),
             "nearest_neighbor": jnp.mean(nearest == truth)}
