@@ -22,4 +22,4 @@ train: setup
 	$(PY) -m experiments.train $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15

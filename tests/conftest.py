@@ -1,19 +1,32 @@
-"""Shared fixtures: the offline dataset files and a prepared-data cache.
+"""Shared fixtures: the offline dataset files and a prepared-data cache;
+one compilation cache for the suite.
 
 The original MNIST files are read from $TRIPLETJAX_MANUAL_DIR, else from
 ../shared/datasets beside the repository. Prepared data is cached in .tfds/
 in the repository (`data.prepare` locks, so parallel tests prepare it once).
+Compiled programs are cached in .jax_cache/ (JAX's persistent cache, set
+here through the environment so that the scripts and training jobs the tests
+start share it): the suite compiles the same small programs in many tests
+and processes.
 """
 
 import os
 import pathlib
 import sys
 
-import pytest
-
-from tripletjax import data
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Before JAX is imported. A size limit turns on JAX's lock around each entry
+# (the `filelock` package), so that parallel workers never read one half
+# written.
+for _name, _value in (("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache")),
+                      ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
+                      ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0"),
+                      ("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))):
+  os.environ.setdefault(_name, _value)
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from tripletjax import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 MANUAL_DIR = os.environ.get(data.MANUAL_DIR_ENV) or str(
     REPO.parent / "shared" / "datasets")
 DATA_DIR = str(REPO / ".tfds")

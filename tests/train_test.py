@@ -111,13 +111,14 @@ def test_validation_classes_come_from_the_train_split(dataset_dirs):
     data.load_splits(config.replace(test_classes=(3, 12)))
 
 
-@pytest.mark.parametrize("sampling,steps_per_call", [("host", 1),
-                                                     ("device", 3)])
+@pytest.mark.parametrize("sampling,steps_per_call,ema_decay",
+                         [("host", 1, 0.9), ("device", 3, 0.0)])
 def test_resume_equals_uninterrupted_run(dataset_dirs, tmp_path, sampling,
-                                         steps_per_call):
+                                         steps_per_call, ema_decay):
   # Calls end at multiples of 3 and of the checkpoint period 4: 3, 4, 6, ...
+  # The moving average of the weights, where kept, resumes too.
   config = tiny_config(dataset_dirs, sampling=sampling,
-                       steps_per_call=steps_per_call)
+                       steps_per_call=steps_per_call, ema_decay=ema_decay)
   straight = tmp_path / "straight"
   train.train_and_evaluate(config, str(straight))
   resumed = tmp_path / "resumed"
@@ -130,6 +131,48 @@ def test_resume_equals_uninterrupted_run(dataset_dirs, tmp_path, sampling,
   assert int(got.step) == 12
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_moving_average_of_the_weights(dataset_dirs, tmp_path):
+  """--ema_decay: the average follows its formula (in float64, from the
+  weights of every step's checkpoint), training itself is unchanged, and
+  the metrics and the restored network are the average's."""
+  config = tiny_config(dataset_dirs, ema_decay=0.8, steps=6,
+                       checkpoint_every=1, keep_checkpoints=10,
+                       test_split="test[:200]", write_figures=False,
+                       knn_ks=(1, 3))
+  results = train.train_and_evaluate(config, str(tmp_path / "ema"))
+  train.train_and_evaluate(config.replace(ema_decay=0.0),
+                           str(tmp_path / "plain"))
+  _, like, _ = train.initial_state(config, (28, 28, 1))
+  ema = [np.asarray(x, np.float64) for x in jax.tree.leaves(like.params)]
+  checkpointer = checkpointing.Checkpointer(
+      str(tmp_path / "ema" / "checkpoints"), keep=10)
+  for step in range(1, 7):
+    state = checkpointer.restore(step, like)
+    d = min(0.8, (1 + step) / (10 + step))
+    ema = [d * e + (1 - d) * np.asarray(p, np.float64)
+           for e, p in zip(ema, jax.tree.leaves(state.params))]
+  checkpointer.close()
+  for want, got in zip(ema, jax.tree.leaves(state.ema_params)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  plain = saved_params(config.replace(ema_decay=0.0), str(tmp_path / "plain"))
+  for a, b in zip(jax.tree.leaves(plain.params),
+                  jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)
+  run = workdir.restore(str(tmp_path / "ema"))
+  for a, b, p in zip(jax.tree.leaves(run.params),
+                     jax.tree.leaves(state.ema_params),
+                     jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, p)
+  train_split, test = data.load_splits(config)
+  want, _ = reference.retrieval_metrics(
+      run.embedder(test.images), test.labels, run.embedder(train_split.images),
+      train_split.labels, config.metric, recall_ks=(1, 2, 4, 8),
+      knn_ks=(1, 3))
+  for name, value in want.items():
+    assert results[f"test_{name}"] == pytest.approx(value, abs=1e-6), name
 
 
 def test_steps_per_call_change_nothing_but_rounding(dataset_dirs, tmp_path):

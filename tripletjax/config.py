@@ -142,6 +142,10 @@ class Config:
       1e-3, "Peak learning rate (Adam, warm-up then cosine decay).")
   warmup_steps: int = _setting(100, "Linear warm-up steps.")
   weight_decay: float = _setting(0.0, "AdamW weight decay (0: Adam).")
+  ema_decay: float = _setting(
+      0.0, "Keep an exponential moving average of the weights with this "
+      "decay (e.g. 0.999; its first steps average over fewer) and evaluate, "
+      "embed and export with it instead of the weights (0: none).")
   augment: str = _setting(
       "auto", "Augmentation of training images: digits (the augment_shift, "
       "augment_rotation and augment_scale below), photo (random resized crop, "
@@ -367,6 +371,8 @@ def validate(config: Config) -> Config:
            f"learning_rate must be > 0, got {c.learning_rate!r}.")
   _require(c.weight_decay >= 0,
            f"weight_decay must be >= 0, got {c.weight_decay!r}.")
+  _require(0 <= c.ema_decay < 1,
+           f"ema_decay must be in [0, 1) (0: none), got {c.ema_decay!r}.")
   _require(isinstance(c.warmup_steps, int) and 0 <= c.warmup_steps < c.steps,
            f"warmup_steps must be in [0, steps={c.steps}), got "
            f"{c.warmup_steps!r}.")

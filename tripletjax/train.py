@@ -54,6 +54,27 @@ class TrainState:
   params: nnx.State
   batch_stats: nnx.State  # Batch norm's running averages (empty without).
   opt_state: optax.OptState
+  # The moving average of `params` (empty without `Config.ema_decay`).
+  ema_params: nnx.State = struct.field(
+      default_factory=lambda: nnx.State({}))
+
+
+def network_params(state: TrainState, config: Config) -> nnx.State:
+  """The parameters evaluation, embedding and export use: the moving
+  average where the run keeps one."""
+  return state.ema_params if config.ema_decay else state.params
+
+
+def ema_update(ema: nnx.State, params: nnx.State, step: jax.Array,
+               decay: float) -> nnx.State:
+  """The moving average after the update that made `params` the update
+  ``step`` (counted from 1): ``d ema + (1 - d) params`` with ``d = min(decay,
+  (1 + step) / (10 + step))``, so that the first steps, whose parameters
+  are furthest from the trained ones, weigh less (as TensorFlow's
+  ``ExponentialMovingAverage`` with ``num_updates``).
+  """
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
 # --------------------------------------------------------------------------
@@ -176,8 +197,13 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+  ema_params = state.ema_params
+  if config.ema_decay:
+    ema_params = ema_update(ema_params, params, state.step + 1,
+                            config.ema_decay)
   return TrainState(step=state.step + 1, params=params,
-                    batch_stats=batch_stats, opt_state=opt_state), metrics
+                    batch_stats=batch_stats, opt_state=opt_state,
+                    ema_params=ema_params), metrics
 
 
 @struct.dataclass
@@ -288,9 +314,11 @@ def initial_state(config: Config, image_shape: tuple[int, int, int]
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   tx = make_optimizer(config, weights.batch_norm_mask(model, params)
                       if config.freeze_bn else None)
-  return graphdef, TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              batch_stats=batch_stats,
-                              opt_state=tx.init(params)), tx
+  return graphdef, TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+      opt_state=tx.init(params),
+      ema_params=(jax.tree.map(jnp.copy, params) if config.ema_decay
+                  else nnx.State({}))), tx
 
 
 def train_and_evaluate(
@@ -387,8 +415,9 @@ def train_and_evaluate(
 
   def evaluate_now():  # The current params, copied to the host once.
     host = jax.device_get(devices.host_state(state))
-    embedder = evaluation.Embedder(graphdef, host.params, host.batch_stats,
-                                   config.eval_batch_size, image_shape[0])
+    embedder = evaluation.Embedder(
+        graphdef, network_params(host, config), host.batch_stats,
+        config.eval_batch_size, image_shape[0])
     return (embedder,
             *evaluation.evaluate_network(embedder, train, test, config))
 

@@ -97,7 +97,8 @@ class TrainedRun:
     config: its settings.
     step: the step of the checkpoint.
     image_shape: ``(H, W, C)`` of the images the network takes.
-    graphdef, params, batch_stats: the network (`nnx.split` of it).
+    graphdef, params, batch_stats: the network (`nnx.split` of it; the
+      moving average of the weights where the run keeps one).
   """
   workdir: str
   config: config_lib.Config
@@ -158,9 +159,12 @@ def restore(workdir: str) -> TrainedRun:
   graphdef, params, batch_stats = nnx.split(models.create(
       config.model, image_shape=image_shape, seed=config.seed,
       **config.model_settings()), nnx.Param, nnx.BatchStat)
+  # The moving average of the weights, where the run keeps one.
+  entry = "ema_params" if config.ema_decay else "params"
   step, restored = checkpointing.restore_entries(
       os.path.join(workdir, "checkpoints"),
-      {"params": params, "batch_stats": batch_stats})
+      {entry: params, "batch_stats": batch_stats})
   return TrainedRun(workdir=workdir, config=config, step=step,
                     image_shape=image_shape, graphdef=graphdef,
-                    **restored)
+                    params=restored[entry],
+                    batch_stats=restored["batch_stats"])
