@@ -35,10 +35,11 @@ the table gives each round's images/s, the last line the median ratio.
   python -m experiments.benchmark_peer --train_step --batch_size=512
 """
 
+import functools
 import statistics
 import time
 import types
-from typing import Callable
+from typing import Any, Callable
 
 from absl import flags
 
@@ -70,6 +71,7 @@ _BATCH_SIZE = flags.DEFINE_integer(
 _STEPS_PER_ROUND = flags.DEFINE_integer(
     "steps_per_round", 20, "--train_step: steps of each side per round.")
 
+_OURS, _PEER = "tripletjax", "PyTorch Metric Learning"
 _COMPARED = (("map_at_r", "mean_average_precision_at_r"),
              ("r_precision", "r_precision"),
              ("precision_at_1", "precision_at_1"))
@@ -141,27 +143,42 @@ def main_train_step():
   config = timed_step.config(_BATCH_SIZE.value, **timed_step.REFERENCE)
   steps = _STEPS_PER_ROUND.value
   ours = timed_step.TimedStep(config, (28, 28, 1))
-  sides = {"tripletjax": ours.run, "PyTorch Metric Learning":
-           _peer_step(config)}
+  sides = {_OURS: ours.run, _PEER: _peer_step(config)}
   for run in sides.values():  # Untimed: warm-up.
     run(steps)
   print(f"Reference CNN, batch-hard, batch {config.batch_size} "
         f"({config.classes_per_batch} x {config.examples_per_class}), "
         f"{steps} steps per round; tripletjax compiled in "
         f"{ours.compile_seconds:.1f} s.")
+  _alternate({name: functools.partial(run, steps)
+              for name, run in sides.items()},
+             images=steps * config.batch_size)
+
+
+def _alternate(sides: dict[str, Callable[[], float]],
+               images: int | None = None) -> None:
+  """Runs the two `sides` (each returns its seconds) one after the other
+  for --rounds rounds: a table of each round's seconds, or images/s where
+  `images` is given, and the median ratio of the peer's time to ours."""
+  unit, spec = ("(s)", ".2f") if images is None else ("img/s", ".0f")
   table = common.Table([("round", "round", "d"),
-                        ("tripletjax img/s", "tripletjax", ".0f"),
-                        ("PML img/s", "PyTorch Metric Learning", ".0f"),
+                        (f"tripletjax {unit}", _OURS, spec),
+                        (f"PML {unit}", _PEER, spec),
                         ("ratio", "ratio", ".2f")], _JSON.value)
   for i in range(_ROUNDS.value):
-    row = {"round": i + 1}
-    for name, run in sides.items():
-      row[name] = steps * config.batch_size / run(steps)
-    row["ratio"] = row["tripletjax"] / row["PyTorch Metric Learning"]
-    table.add(row)
+    seconds = {name: run() for name, run in sides.items()}
+    table.add({"round": i + 1, "ratio": seconds[_PEER] / seconds[_OURS],
+               **{name: t if images is None else images / t
+                  for name, t in seconds.items()}})
   table.close()
   print(f"median: tripletjax "
         f"{statistics.median(r['ratio'] for r in table.rows):.2f}x as fast")
+
+
+def _seconds(function: Callable[[], Any]) -> float:
+  start = time.perf_counter()
+  function()
+  return time.perf_counter() - start
 
 
 def main(argv):
@@ -176,12 +193,10 @@ def main(argv):
   if metric != "euclidean":
     raise SystemExit(f"--workdir: the run's metric is {metric}; the peer "
                      "side here is Euclidean.")
-  sides = {
-      "tripletjax": lambda: retrieval.retrieval_metrics(q, ql, r, rl),
-      "PyTorch Metric Learning": lambda: peer(q, ql, r, rl),
-  }
+  sides = {_OURS: lambda: retrieval.retrieval_metrics(q, ql, r, rl),
+           _PEER: lambda: peer(q, ql, r, rl)}
   results = {name: run() for name, run in sides.items()}  # Untimed.
-  ours, theirs = results["tripletjax"], results["PyTorch Metric Learning"]
+  ours, theirs = results[_OURS], results[_PEER]
   for name, peer_name in _COMPARED:
     if abs(ours[name] - theirs[peer_name]) > 1e-6:
       raise SystemExit(f"The two disagree on {name}: {ours[name]} against "
@@ -189,21 +204,8 @@ def main(argv):
   print(f"{len(q)} queries x {len(r)} references, D = {q.shape[1]}: MAP@R "
         f"{ours['map_at_r']:.4f} (both), R-precision "
         f"{ours['r_precision']:.4f}, precision@1 {ours['precision_at_1']:.4f}")
-  table = common.Table([("round", "round", "d"),
-                        ("tripletjax (s)", "tripletjax", ".2f"),
-                        ("PML (s)", "PyTorch Metric Learning", ".2f"),
-                        ("ratio", "ratio", ".2f")], _JSON.value)
-  for i in range(_ROUNDS.value):
-    row = {"round": i + 1}
-    for name, run in sides.items():
-      start = time.perf_counter()
-      run()
-      row[name] = time.perf_counter() - start
-    row["ratio"] = row["PyTorch Metric Learning"] / row["tripletjax"]
-    table.add(row)
-  table.close()
-  print(f"median: tripletjax "
-        f"{statistics.median(r['ratio'] for r in table.rows):.2f}x as fast")
+  _alternate({name: functools.partial(_seconds, run)
+              for name, run in sides.items()})
 
 
 if __name__ == "__main__":
