@@ -21,6 +21,8 @@ the seconds of each phase.
   python -m experiments.benchmark_retrieval --leave_one_out \
       --references=13180 --classes=659 --noise=0.15 --few_shot
       # Omniglot's evaluation set
+  python -m experiments.benchmark_retrieval --leave_one_out \
+      --references=4861 --classes=5 --noise=0.002 --collapsed
 
 Expected on two CPU cores (docs/performance.md): the main job's 10,000 test
 embeddings against its 60,000 train embeddings in a few seconds, MAP@R
@@ -53,6 +55,9 @@ _LEAVE_ONE_OUT = flags.DEFINE_bool(
 _VERIFICATION = flags.DEFINE_bool(
     "verification", False, "With --leave_one_out: also time the verification "
     "metrics of all pairs of the same embeddings (second call).")
+_COLLAPSED = flags.DEFINE_bool(
+    "collapsed", False, "Synthetic: every class around one centre, as a "
+    "collapsed network embeds (its similarities tie in float32).")
 _FEW_SHOT = flags.DEFINE_bool(
     "few_shot", False, "With --leave_one_out: also time the few-shot "
     "episodes of the same embeddings, as evaluation runs them on unseen "
@@ -63,7 +68,8 @@ _PROFILE = flags.DEFINE_bool(
 
 
 def _measure(num_q, num_r, dim, classes, noise, metric, workdir,
-             leave_one_out, profile, verification, few_shot) -> dict:
+             leave_one_out, profile, verification, few_shot,
+             collapsed) -> dict:
   """Runs in a child process: one call of `retrieval_metrics`, timed twice
   (the first includes compilation), and with `verification` one of
   `verification_metrics`, with `few_shot` the few-shot episodes."""
@@ -74,7 +80,7 @@ def _measure(num_q, num_r, dim, classes, noise, metric, workdir,
   # pylint: enable=g-import-not-at-top
   queries, query_labels, references, reference_labels, run_metric = (
       common.retrieval_embeddings(num_q, num_r, dim, classes, noise,
-                                  workdir))
+                                  workdir, collapsed=collapsed))
   if workdir:
     num_q, num_r, dim, metric = (len(queries), len(references),
                                  queries.shape[1], run_metric)
@@ -132,7 +138,8 @@ def main(argv):
       table.add(pool.apply(_measure, (
           _QUERIES.value, num_r, _DIM.value, _CLASSES.value, _NOISE.value,
           _METRIC.value, _WORKDIR.value, _LEAVE_ONE_OUT.value,
-          _PROFILE.value, _VERIFICATION.value, _FEW_SHOT.value)))
+          _PROFILE.value, _VERIFICATION.value, _FEW_SHOT.value,
+          _COLLAPSED.value)))
     for name, seconds in table.rows[-1].items():
       if name.startswith("seconds "):
         print(f"  {name[len('seconds '):]:<40}{seconds:8.2f} s")

@@ -163,9 +163,12 @@ def _clustered(rng, n, dim, centres, noise):
       np.float32), labels
 
 
-def retrieval_embeddings(num_q, num_r, dim, classes, noise, workdir, seed=0):
+def retrieval_embeddings(num_q, num_r, dim, classes, noise, workdir, seed=0,
+                         collapsed=False):
   """``(queries, query_labels, references, reference_labels, metric)``: a
-  trained run's test split against its train split, or synthetic ones."""
+  trained run's test split against its train split, or synthetic ones
+  (`collapsed`: every class around one centre, as the embedding of a
+  collapsed network, whose similarities tie in float32)."""
   # pylint: disable=g-import-not-at-top
   from tripletjax import data
   from tripletjax import workdir as workdir_lib
@@ -177,7 +180,8 @@ def retrieval_embeddings(num_q, num_r, dim, classes, noise, workdir, seed=0):
             run.embedder(train_split.images), train_split.labels,
             run.config.metric)
   rng = np.random.default_rng(seed)
-  centres = rng.normal(size=(classes, dim))
-  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+  centres = rng.normal(size=(1 if collapsed else classes, dim))
+  centres = np.broadcast_to(centres / np.linalg.norm(
+      centres, axis=1, keepdims=True), (classes, dim))
   return (*_clustered(rng, num_q, dim, centres, noise),
           *_clustered(rng, num_r, dim, centres, noise), "euclidean")

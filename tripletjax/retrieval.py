@@ -297,14 +297,14 @@ def retrieval_metrics(
           query_hi[rows] - span_lo,
           np.where(own[rows] >= 0, own[rows] - span_lo, -1))
     with phase("sort positives (host)"):
-      sorted_positives = _by_rows(lambda x: np.sort(x, axis=1),
-                                  positive_keys)
+      span_index = ranker.order[span_lo:span_hi]
+      sorted_positives = _by_rows(
+          lambda x: _sorted_words(x, span_index), positive_keys)
+    del positive_keys
     chunk = _Chunk(
         rows=rows, label=query_labels[rows], relevant=num_relevant[rows],
         needed=np.maximum(num_relevant[rows], min_depth),
-        positive_keys=positive_keys, sorted_positives=sorted_positives,
-        span_index=ranker.order[span_lo:span_hi],
-        reference_labels=reference_labels)
+        sorted_positives=sorted_positives, reference_labels=reference_labels)
     if num_r < rank_directly_below:
       take = np.full(len(rows), -1)
     else:
@@ -345,9 +345,10 @@ def retrieval_metrics(
 def _chunks(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray,
             memory_budget: int) -> list[np.ndarray]:
   """`rows` (queries with positives) in blocks of consecutive classes whose
-  positives' keys (``[rows, span]``, three copies) fit the budget."""
+  positives' keys (``[rows, span]``: 4 bytes each, and their sorted words, 8
+  and 8 while sorting) fit the budget."""
   rows = rows[np.argsort(lo[rows], kind="stable")]
-  entries = max(1, memory_budget // 12)
+  entries = max(1, memory_budget // 20)
   out, start = [], 0
   while start < len(rows):
     end = start + 1
@@ -447,7 +448,7 @@ class _Ranker:
     def enough(k):  # Increasing in k: a binary search finds the first.
       groups = _count_below(group_keys, np.full(n, top), rows, sure[rows, k])
       above = _count_below(chunk.sorted_positives, chunk.relevant, rows,
-                           bound[rows, k])
+                           _words(bound[rows, k], 0))
       return (groups + above >= chunk.needed) | np.isneginf(maxima[rows, k])
 
     lo, hi = np.zeros(n, np.int64), np.full(n, top)
@@ -516,15 +517,14 @@ class _Ranker:
 
 @dataclasses.dataclass(frozen=True)
 class _Chunk:
-  """Queries ranked together (``[n]`` fields) and their positives' keys
-  (``[n, S]``: for positions ``span_index`` of the references)."""
+  """Queries ranked together (``[n]`` fields) and their positives in rank
+  order (``uint64 [n, S]``, `_sorted_words`: the first ``relevant`` of each
+  row)."""
   rows: np.ndarray
   label: np.ndarray
   relevant: np.ndarray
   needed: np.ndarray
-  positive_keys: np.ndarray
   sorted_positives: np.ndarray
-  span_index: np.ndarray
   reference_labels: np.ndarray  # [R], by reference index.
 
 
@@ -552,8 +552,8 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   negative = (index >= 0) & (labels != label[:, None])
   # Past the R-th positive a negative's place is past R: where R places
   # are all that is needed, those negatives need no ranking.
-  last = np.where(needed == relevant, chunk.sorted_positives[
-      part, np.maximum(relevant - 1, 0)], _KEY_MAX)
+  last = np.where(needed == relevant, _key_of(chunk.sorted_positives[
+      part, np.maximum(relevant - 1, 0)]), _KEY_MAX)
   negative &= keys <= last[:, None]
   if bound is not None:
     negative &= keys < bound[:, None]
@@ -561,16 +561,10 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   width = max(1, int(count.max(initial=0)))
   row, rank, neg_keys, neg_refs = _in_rank_order(
       negative, count, width, keys, index, dense=bound is None)
-  # Each negative's place: 1 + the positives and the negatives before it.
+  # Each negative's place: 1 + the positives and the negatives before it
+  # (at equal keys, the lower reference index first: the words' order).
   before = _count_below(chunk.sorted_positives, chunk.relevant, part[row],
-                        neg_keys)
-  tied = np.flatnonzero((before < relevant[row]) & (
-      chunk.sorted_positives[part[row], np.minimum(
-          before, chunk.sorted_positives.shape[1] - 1)] == neg_keys))
-  for t in tied:  # Equal keys: the lower reference index first.
-    before[t] += np.count_nonzero(
-        (chunk.positive_keys[part[row[t]]] == neg_keys[t]) &
-        (chunk.span_index < neg_refs[t]))
+                        _words(neg_keys, neg_refs))
   place = np.full((len(part), width), np.iinfo(np.int64).max)
   place[row, rank] = before + rank + 1
   neg_index = np.zeros((len(part), width), np.int64)
@@ -578,7 +572,7 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   exact = np.ones(len(part), bool)
   if bound is not None:
     known = _count_below(chunk.sorted_positives, chunk.relevant, part,
-                         bound) + count
+                         _words(bound, 0)) + count
     exact = (bound > last) | (known >= needed)
   found = np.arange(width)[None, :] < count[:, None]
   neg_labels = np.where(found, chunk.reference_labels[
@@ -602,20 +596,39 @@ def _in_rank_order(negative, count, width, keys, index, dense: bool):
   (docs/performance.md).
   """
   if dense:
-    words = keys.astype(np.uint64)
-    words <<= np.uint64(32)
-    words |= index.astype(np.uint64)
+    words = _words(keys, index)
     words[~negative] = np.iinfo(np.uint64).max
     words.sort(axis=1)
     row, rank = np.nonzero(np.arange(width)[None, :] < count[:, None])
     word = words[row, rank]
-    return (row, rank, (word >> np.uint64(32)).astype(keys.dtype),
+    return (row, rank, _key_of(word),
             (word & np.uint64(0xFFFFFFFF)).astype(np.int64))
   row, column = np.nonzero(negative)
   order = np.lexsort((index[row, column], keys[row, column], row))
   row, column = row[order], column[order]
   rank = np.arange(len(row)) - np.repeat(np.cumsum(count) - count, count)
   return row, rank, keys[row, column], index[row, column].astype(np.int64)
+
+
+def _words(keys, index) -> np.ndarray:
+  """``uint64`` words ``key << 32 | index`` (broadcast): ordered as the
+  keys, equal keys by reference index, which is the order of rank."""
+  words = np.asarray(keys).astype(np.uint64)
+  words <<= np.uint64(32)
+  words |= np.asarray(index).astype(np.uint64)
+  return words
+
+
+def _key_of(words: np.ndarray) -> np.ndarray:
+  """The ``uint32`` keys of `_words`."""
+  return (words >> np.uint64(32)).astype(np.uint32)
+
+
+def _sorted_words(keys: np.ndarray, index: np.ndarray) -> np.ndarray:
+  """`_words` of ``keys [n, S]`` and ``index [S]``, sorted along the rows."""
+  words = _words(keys, index[None, :])
+  words.sort(axis=1)
+  return words
 
 
 def _best(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
