@@ -413,7 +413,7 @@ def train_and_evaluate(
   steps_fn = devices.compile(functools.partial(train_steps, graphdef=graphdef,
                                                tx=tx, config=config))
 
-  def evaluate_now():  # The current params, copied to the host once.
+  def evaluate_now():  # The current network, copied to the host once.
     host = jax.device_get(devices.host_state(state))
     embedder = evaluation.Embedder(
         graphdef, network_params(host, config), host.batch_stats,
