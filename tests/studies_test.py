@@ -15,6 +15,7 @@ from experiments import compare_mining
 from experiments import study
 from tripletjax import config as config_lib
 from tripletjax import data
+from tripletjax import lr_range
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -160,3 +161,44 @@ def test_changed_settings_get_a_workdir_of_their_own():
   same = config_lib.Config(steps=3000)
   assert study.workdir("out", "mlp-seed0", same) == name
   assert study.workdir("out", "mlp-seed0", config.replace(steps=15000)) != name
+
+
+def test_lr_range_test_pieces():
+  """The ramp's ends, the smoothing against its definition, and the
+  suggestions on a loss whose shape is known."""
+  rates = np.asarray(lr_range.ramp(1e-4, 1.0, 5)(np.arange(5)))
+  np.testing.assert_allclose(rates, [1e-4, 1e-3, 1e-2, 1e-1, 1.0], rtol=1e-5)
+  losses = np.array([3.0, 1.0, 2.0])
+  beta = lr_range.SMOOTHING
+  want = [3.0, (beta * 3 * (1 - beta) + (1 - beta)) / (1 - beta ** 2)]
+  np.testing.assert_allclose(lr_range.smooth(losses)[:2], want)
+  # Falling fastest at 1e-3, lowest at 1e-1, rising beyond; the steeper
+  # fall of the first steps (where the average rests on few losses) is
+  # not taken.
+  rates = np.logspace(-5, 0, 501)
+  x = np.log10(rates)
+  smoothed = np.where(x < -1, -np.tanh(2 * (x + 3)), (x + 1) ** 2 - 0.964)
+  smoothed[:10] += np.linspace(5, 0, 10)
+  got = lr_range.suggestions(rates, smoothed)
+  assert got["steepest"] == pytest.approx(1e-3, rel=0.03)
+  assert got["minimum / 10"] == pytest.approx(1e-2, rel=0.03)
+
+
+def test_lr_range_test_runs_the_main_job_with_a_ramp(dataset_dirs, tmp_path):
+  flags = ["--train_split=train[:2000]", "--widths=4", "--hidden_dim=16",
+           "--embedding_dim=8", "--classes_per_batch=5",
+           "--examples_per_class=4", "--range_steps=40", "--min_lr=1e-4",
+           "--max_lr=10", f"--output={tmp_path}",
+           *(f"--{k}={v}" for k, v in dataset_dirs.items())]
+  result = _run("experiments.lr_range_test", flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = list(csv.DictReader(open(tmp_path / "lr_range.csv")))
+  rates = [float(r["learning_rate"]) for r in rows]
+  assert 2 <= len(rows) <= 40 and rates[0] == pytest.approx(1e-4)
+  assert np.all(np.diff(np.log(rates)) == pytest.approx(np.log(1e5) / 39))
+  assert (tmp_path / "lr_range.png").stat().st_size > 1000
+  assert "suggested peak learning rate (steepest)" in result.stdout
+  bad = _run("experiments.lr_range_test", [*flags, "--min_lr=1", "--max_lr=0.1"])
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+      "Error: --min_lr and --max_lr must satisfy 0 < min_lr < max_lr, got "
+      "1.0 and 0.1.")

@@ -172,10 +172,12 @@ def retrieval_grid(query_images: np.ndarray, query_labels: np.ndarray,
 
 def lines(series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
           path: str, *, xlabel: str, ylabel: str, title: str = "",
-          log_x: bool = False, joined: bool = True) -> str:
+          log_x: bool = False, log_base: int = 2, joined: bool = True,
+          marked: dict[str, float] | None = None) -> str:
   """One line per entry of `series`: ``{label: (x, y, y_std or None)}``,
   with a shaded band of one standard deviation where given; points alone
-  unless `joined`."""
+  unless `joined`; a dashed vertical line at each x of `marked`
+  (``{label: x}``)."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for label, (x, y, std) in series.items():
     line, = ax.plot(x, y, marker="o", markersize=3 if joined else 5,
@@ -183,8 +185,10 @@ def lines(series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
     if std is not None:
       ax.fill_between(x, np.asarray(y) - std, np.asarray(y) + std,
                       color=line.get_color(), alpha=0.2)
+  for (label, x), color in zip((marked or {}).items(), ("C3", "C2", "C4")):
+    ax.axvline(x, color=color, linestyle="--", label=label)
   if log_x:
-    ax.set_xscale("log", base=2)
+    ax.set_xscale("log", base=log_base)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.set_title(title)

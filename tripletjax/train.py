@@ -80,15 +80,18 @@ def ema_update(ema: nnx.State, params: nnx.State, step: jax.Array,
 # --------------------------------------------------------------------------
 # Pure functions of the step.
 # --------------------------------------------------------------------------
-def make_optimizer(config: Config, frozen=None
+def make_optimizer(config: Config, frozen=None,
+                   learning_rate: optax.Schedule | None = None
                    ) -> optax.GradientTransformation:
   """Adam(W) with linear warm-up and cosine decay to 1% of the peak rate.
 
   Args:
     config: the learning rate, warm-up, steps and weight decay.
     frozen: a pytree of bools like the parameters: those never updated.
+    learning_rate: a schedule in place of the config's (a learning-rate
+      range test's ramp).
   """
-  schedule = optax.warmup_cosine_decay_schedule(
+  schedule = learning_rate or optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate,
       warmup_steps=config.warmup_steps, decay_steps=config.steps,
       end_value=config.learning_rate * 0.01)
@@ -297,10 +300,12 @@ def call_end(step: int, config: Config, per_call: int) -> int:
   return min(ends)
 
 
-def initial_state(config: Config, image_shape: tuple[int, int, int]
+def initial_state(config: Config, image_shape: tuple[int, int, int], *,
+                  learning_rate: optax.Schedule | None = None
                   ) -> tuple[nnx.GraphDef, TrainState,
                              optax.GradientTransformation]:
-  """The model's structure, the step-0 train state and the optimiser.
+  """The model's structure, the step-0 train state and the optimiser
+  (`learning_rate`: as `make_optimizer`'s).
 
   The backbone starts from ``config.init_from`` where given; under pmap,
   batch norm reduces its statistics across the devices.
@@ -313,7 +318,7 @@ def initial_state(config: Config, image_shape: tuple[int, int, int]
     weights.load_torchvision(model, config.init_from)
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   tx = make_optimizer(config, weights.batch_norm_mask(model, params)
-                      if config.freeze_bn else None)
+                      if config.freeze_bn else None, learning_rate)
   return graphdef, TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=tx.init(params),
