@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from experiments import common
 from experiments import compare_mining
 from experiments import study
 from tripletjax import config as config_lib
@@ -161,6 +162,18 @@ def test_changed_settings_get_a_workdir_of_their_own():
   same = config_lib.Config(steps=3000)
   assert study.workdir("out", "mlp-seed0", same) == name
   assert study.workdir("out", "mlp-seed0", config.replace(steps=15000)) != name
+
+
+def test_a_setting_added_at_its_neutral_value_keeps_run_names():
+  """The main job's default workdir as named before --ema_decay existed
+  (recorded at commit 78f25b0): a setting added since, at the value that
+  changes nothing, leaves every run's name, so runs and studies resume
+  across the upgrade; at another value it names a new run."""
+  assert common.default_workdir(config_lib.Config()) == (
+      "runs/mnist-batch_all-0497d25f")
+  assert common.default_workdir(config_lib.Config(ema_decay=0.999)) != (
+      "runs/mnist-batch_all-0497d25f")
+  assert set(config_lib.NEUTRAL_VALUES) <= set(config_lib.Config().to_dict())
 
 
 def test_lr_range_test_pieces():

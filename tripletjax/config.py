@@ -30,6 +30,10 @@ SAMPLINGS = ("auto", "device", "host")
 # Settings added since runs were first recorded, with the value that a run
 # recorded without them had in force (where that is not the default).
 EARLIER_VALUES = {"sampling": "host", "steps_per_call": 1}
+# Settings added since, whose value here changes nothing that came before:
+# at it they are left out of the digest that names a run's workdir, so a
+# run named before they existed keeps its name (and resumes).
+NEUTRAL_VALUES = {"ema_decay": 0.0}
 TUPLE_FIELDS = ("widths", "train_classes", "test_classes", "knn_ks",
                 "few_shot_shots")
 LOSS_NAMES = (*losses.MINING_LOSSES, *losses.SAMPLING_LOSSES, RANDOM_TRIPLETS)
