@@ -43,6 +43,7 @@ command line replace the budget's. Results: docs/results.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -295,8 +296,12 @@ def _plots(out: str, base: config_lib.Config, validation, curves) -> None:
                    "(learning rates differ between points)")
   lines = {}
   for strategy, runs in curves.items():
-    values = np.stack([v for _, v in runs])
-    lines[strategy] = (runs[0][0], values.mean(0), values.std(0))
+    # The steps every seed evaluated (a run whose metrics were lost, or
+    # that evaluated at other steps, has fewer).
+    steps = functools.reduce(np.intersect1d, (s for s, _ in runs))
+    if len(steps):
+      values = np.stack([v[np.isin(s, steps)] for s, v in runs])
+      lines[strategy] = (steps, values.mean(0), values.std(0))
   plotting.lines(lines, os.path.join(out, "test_vs_steps.png"),
                  xlabel="step", ylabel="test MAP@R (unseen classes)",
                  title=f"{base.dataset}: the final runs (mean ± std over "

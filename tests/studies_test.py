@@ -164,6 +164,18 @@ def test_changed_settings_get_a_workdir_of_their_own():
   assert study.workdir("out", "mlp-seed0", config.replace(steps=15000)) != name
 
 
+def test_test_curves_keep_the_steps_every_seed_evaluated(tmp_path):
+  """A final run whose metrics were lost, or evaluated at other steps,
+  leaves the figure to the steps all seeds share, not a crash after
+  hours of training."""
+  curves = {"a": [(np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3])),
+                  (np.array([2, 3]), np.array([0.4, 0.5]))],
+            "b": [(np.array([1]), np.array([0.1])),
+                  (np.array([], int), np.array([]))]}
+  compare_mining._plots(str(tmp_path), config_lib.Config(), {}, curves)
+  assert (tmp_path / "test_vs_steps.png").stat().st_size > 1000
+
+
 def test_a_setting_added_at_its_neutral_value_keeps_run_names():
   """The main job's default workdir as named before --ema_decay existed
   (recorded at commit 78f25b0): a setting added since, at the value that
