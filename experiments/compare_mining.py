@@ -35,8 +35,8 @@ own workdir: an interrupted comparison resumes where it stopped.
   python -m experiments.compare_mining --quick          # a smoke test
 
 --budget=cpu (the default: 5 trials, 5 seeds, 600 steps of P x K = 3 x 32
-on MNIST and Fashion-MNIST, of 32 x 4 on Omniglot) takes about an hour per
-dataset on two CPU cores. --trials, --seeds and --steps given on the
+on MNIST and Fashion-MNIST, of 32 x 4 on Omniglot) takes about an hour and
+a half per digit dataset on two CPU cores (Omniglot: not yet timed alone). --trials, --seeds and --steps given on the
 command line replace the budget's. Results: docs/results.md.
 """
 
