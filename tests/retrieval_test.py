@@ -57,32 +57,78 @@ class RetrievalMetricsTest(parameterized.TestCase):
               else dict(rank_directly_below=10**9)))
 
   @parameterized.product(
-      path=("groups", "full"), leave_one_out=(False, True),
+      path=("ladder", "groups", "full"), leave_one_out=(False, True),
       metric=("euclidean", "cosine"))
   def test_each_ranking_path(self, path, leave_one_out, metric):
-    """Each way a query's ranking is made: from the members of its best
-    groups, or against every reference (a query that needs more than
-    `max_groups` groups); the test asserts the path it reached."""
+    """Each way a query's ranking is made: from its negatives above a rung
+    of its ladder (R at least the depth needed: 5 classes), from the
+    members of its best groups (R below it: 40 classes of about 4), or
+    against every reference (too many negatives above every rung, or too
+    many groups needed); the test asserts the path it reached."""
     rng = np.random.default_rng(7)
-    # Separated classes need few groups; overlapping ones need most.
-    spread = 0.05 if path == "groups" else 1.0
+    classes = 40 if path == "groups" else 5
+    # Separated classes need few candidates; overlapping ones need most.
+    spread = 1.0 if path == "full" else 0.05
     def points(n):
-      labels = rng.integers(0, 5, n)
-      x = np.eye(5, dtype=np.float32)[labels] + spread * rng.normal(
-          size=(n, 5)).astype(np.float32)
+      labels = rng.integers(0, classes, n)
+      x = np.eye(classes, dtype=np.float32)[labels] + spread * rng.normal(
+          size=(n, classes)).astype(np.float32)
       return x, labels
     queries, query_labels = points(120)
     references, reference_labels = (None, None) if leave_one_out else points(
         150)
-    got = _check(self, queries, query_labels, references, reference_labels,
-                 metric=metric, group_size=4, max_groups=3,
-                 memory_budget=8192)
+    calls = {}
+    def counted(name):
+      calls[name] = 0
+      original = getattr(retrieval._Ranker, name)
+      def wrapper(*args, **kwargs):
+        calls[name] += 1
+        return original(*args, **kwargs)
+      return mock.patch.object(retrieval._Ranker, name, wrapper)
+    with counted("negatives_above"), counted("best_groups"):
+      got = _check(self, queries, query_labels, references, reference_labels,
+                   metric=metric, group_size=4, memory_budget=8192,
+                   **(dict(max_groups=3, max_candidates=3) if path == "full"
+                      else dict(max_groups=16, max_candidates=64)))
     full = got["fully_ranked_queries"]
-    if path == "groups":
-      self.assertEqual(full, 0)
-      self.assertLess(got["ranked_per_query"], 150 / 2)
-    else:
+    if path == "full":
       self.assertGreater(full, 0)
+      return
+    self.assertEqual(full, 0)
+    self.assertLess(got["ranked_per_query"], 150 / 2)
+    if path == "ladder":
+      self.assertGreater(calls["negatives_above"], 0)
+      self.assertEqual(calls["best_groups"], 0)
+    else:  # (A few classes have 8 references or more.)
+      self.assertGreater(calls["best_groups"], 0)
+
+  @parameterized.parameters(0, retrieval._RUNGS - 1)
+  def test_any_first_rung_gives_the_same_metrics(self, first):
+    """Whatever rung a query starts from, the metrics are exact: a rung too
+    high leaves negatives out and is lowered (two rungs at a time) until
+    the ranking is exact deep enough; rung 0, the R-th positive, always is.
+    """
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 4, 400)
+    x = np.eye(4, dtype=np.float32)[labels] + 0.5 * rng.normal(
+        size=(400, 4)).astype(np.float32)
+    calls = []
+    original = retrieval._Ranker.negatives_above
+    def recorded(ranker, chunk, part, rung, max_candidates):
+      calls.append(rung.copy())
+      return original(ranker, chunk, part, rung, max_candidates)
+    with mock.patch.object(
+        retrieval._Ranker, "rungs",
+        lambda ranker, chunk, part: np.full(len(part), first)), (
+            mock.patch.object(retrieval._Ranker, "negatives_above",
+                              recorded)):
+      got = _check(self, x[:100], labels[:100], x[100:], labels[100:])
+    self.assertEqual(got["fully_ranked_queries"], 0)
+    if first == 0:
+      self.assertLen(calls, 1)
+    else:  # Lowered until exact: some queries passed through lower rungs.
+      self.assertGreater(len(calls), 1)
+      self.assertLess(calls[-1].max(), first)
 
   def test_fewest_groups_that_suffice(self):
     """With room for every group, no query falls back to the full ranking:
@@ -90,19 +136,19 @@ class RetrievalMetricsTest(parameterized.TestCase):
     enough). One group fewer for every query does not, for some: those are
     ranked against every reference, and the metrics stay exact."""
     rng = np.random.default_rng(5)
-    labels = rng.integers(0, 6, 300)
-    x = np.eye(6, dtype=np.float32)[labels] + 0.6 * rng.normal(
+    labels = rng.integers(0, 60, 300)  # R of about 3: through the groups.
+    x = np.eye(6, dtype=np.float32)[labels % 6] + 0.6 * rng.normal(
         size=(300, 6)).astype(np.float32)
     got = _check(self, x[:100], labels[:100], x[100:], labels[100:],
                  group_size=4, max_groups=1000)
     self.assertEqual(got["fully_ranked_queries"], 0)
     chosen = retrieval._Ranker.groups_needed
-    def one_fewer(ranker, chunk, maxima):
-      take, _ = chosen(ranker, chunk, maxima)
+    def one_fewer(ranker, chunk, part, maxima):
+      take, _ = chosen(ranker, chunk, part, maxima)
       take = np.maximum(take - 1, 0)
       theta = maxima[np.arange(len(take)), take].astype(np.float64)
       bound = np.asarray(retrieval._order_keys_jit(np.nextafter(
-          (theta + ranker.tolerance[chunk.rows]).astype(np.float32),
+          (theta + ranker.tolerance[chunk.rows[part]]).astype(np.float32),
           np.float32(np.inf))))
       return take, bound
     with mock.patch.object(retrieval._Ranker, "groups_needed", one_fewer):
@@ -110,21 +156,24 @@ class RetrievalMetricsTest(parameterized.TestCase):
                    group_size=4, max_groups=1000)
     self.assertGreater(got["fully_ranked_queries"], 0)
 
-  @parameterized.product(group_size=(1, 3, 8), leave_one_out=(False, True))
-  def test_ties_everywhere(self, group_size, leave_one_out):
+  @parameterized.product(group_size=(1, 3, 8), leave_one_out=(False, True),
+                         classes=(4, 30))
+  def test_ties_everywhere(self, group_size, leave_one_out, classes):
     """Integer points, each repeated under several labels: group maxima,
-    positives and negatives tie exactly; ties go to the lower index."""
+    rungs, positives and negatives tie exactly; ties go to the lower index.
+    4 classes of about 22 go through the ladders, 30 of about 3 through
+    the groups."""
     rng = np.random.default_rng(group_size)
     points = rng.integers(-2, 3, size=(6, 2)).astype(np.float32)
     pick = rng.integers(0, 6, 90)
-    references, reference_labels = points[pick], rng.integers(0, 4, 90)
+    references, reference_labels = points[pick], rng.integers(0, classes, 90)
     queries, query_labels = (None, None)
     if leave_one_out:
       queries, query_labels = references, reference_labels
       references = reference_labels = None
     else:
       queries, query_labels = points[rng.integers(0, 6, 30)], rng.integers(
-          0, 4, 30)
+          0, classes, 30)
     _check(self, queries, query_labels, references, reference_labels,
            group_size=group_size, max_groups=2)
 

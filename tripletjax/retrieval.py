@@ -18,7 +18,7 @@ Each is averaged over the queries with ``R >= 1``; queries whose label no
 reference has ("lone" queries) are left out of every metric and counted in
 ``lone_queries``, as PyTorch Metric Learning does.
 
-How it stays exact at the cost of one matrix product:
+How it stays exact at the cost of about one matrix product:
 
 * Ranking. References are ranked by the similarity ``q.r - |r|^2 / 2``
   (Euclidean metrics: ``|q - r|^2 = |q|^2 - 2 (q.r - |r|^2 / 2)``) or
@@ -34,11 +34,24 @@ How it stays exact at the cost of one matrix product:
   consecutive negatives the m-th positive sits at place ``m + j``, and the
   sum of ``m / (m + j)`` over a run of places is a difference of harmonic
   numbers.
-* Finding those negatives without ranking every reference. The references,
-  sorted by label, are cut into groups of `group_size`. One pass over all
-  query x reference pairs (the matrix product and a maximum per group) gives
-  each query its best similarity in every group. Every negative more similar
-  than ``theta_k``, the largest group maximum outside the query's k best
+* Finding those negatives without ranking every reference, when R is at
+  least the depth needed (the usual case): a ladder of thresholds, the
+  similarities of the query's positives ``m_t = R - 2^t + 1``. If at least
+  ``R - m_t`` negatives are more similar than positive ``m_t``, that
+  positive sits at place R or later, so every negative within the first R
+  places is at least as similar as it: one pass over all query x reference
+  pairs (the matrix product and a comparison, packed into bits) lists those
+  negatives, their similarities are recomputed exactly, and the count is
+  checked on them. The rung comes from counts over a sample of the
+  references; one too high is lowered, and rung 0, the R-th positive,
+  always suffices. A query with more than `max_candidates` negatives above
+  its rung is ranked against every reference.
+* When R is below the depth (classes of a few images, k of recall@k or
+  kNN larger), the positives give no threshold. The references, sorted by
+  label, are cut into groups of `group_size`; one pass over all pairs (the
+  matrix product and a maximum per group) gives each query its best
+  similarity in every group. Every negative more similar than
+  ``theta_k``, the largest group maximum outside the query's k best
   groups, lies in those groups (or in the two groups where the query's own
   class begins and ends, always candidates), and those k groups hold at
   least k such negatives: the ranking from their members, recomputed
@@ -72,7 +85,11 @@ from tripletjax import sorting
 
 _KEY_MAX = np.uint32(0xFFFFFFFF)  # Sort key of "no reference".
 _KEYS_PER_ROW_SEARCH = 256  # `_count_below` searches row by row above this.
-_BLOCK_REFERENCES = 2048  # References per block of the group pass.
+_BLOCK_REFERENCES = 2048  # References per block of a pass over them all.
+# Rungs of each query's ladder (its positives R, R - 1, R - 3, ..., R - 2^15
+# + 1) and the sampling of the references that estimates their counts.
+_RUNGS = 16
+_SAMPLE_STRIDE = 16
 _MAX_ROWS = 1024  # Queries per block.
 # Similarity of a padding reference: below any real one, finite (0 * inf
 # would be NaN in the product).
@@ -135,12 +152,63 @@ def _group_maxima(queries, groups, num_refs, first, last):
   return jnp.where(excluded, -jnp.inf, maxima)
 
 
+def _negative_similarities(queries, block, positions, num_refs, lo, hi):
+  """``[n, B]`` similarities to the references at sorted `positions`
+  ``[B]``; -inf for the query's own class ``[lo, hi)`` and for padding."""
+  excluded = ((positions >= lo[:, None]) & (positions < hi[:, None])) | (
+      positions >= num_refs)
+  return jnp.where(excluded, -jnp.inf, _product(queries, block))
+
+
 @jax.jit
-def _group_keys(queries, groups, ids):
-  """Keys of every member of the groups `ids` ``[n, c]``: ``[n, c * G]``."""
-  s = jnp.einsum("nd,ncgd->ncg", queries, groups[ids],
-                 precision=lax.Precision.HIGHEST)
-  return _order_keys(s.reshape(len(queries), -1))
+def _counts_above(queries, blocks, positions, num_refs, thresholds, lo, hi):
+  """``int32 [n, T]``: each query's negatives among `blocks` (``[K, B, D]``
+  at sorted `positions` ``[K, B]``) more similar than each of its
+  `thresholds` ``[n, T]``."""
+
+  def add(count, block):
+    s = _negative_similarities(queries, *block, num_refs, lo, hi)
+
+    def add_one(t, count):
+      # One threshold per iteration: XLA's CPU backend is five times
+      # slower on a [n, B, T] comparison reduced over B, or on T unrolled
+      # reductions.
+      above = s > lax.dynamic_slice_in_dim(thresholds, t, 1, axis=1)
+      return lax.dynamic_update_slice_in_dim(
+          count, lax.dynamic_slice_in_dim(count, t, 1, axis=1) + above.sum(
+              axis=1, keepdims=True, dtype=jnp.int32), t, axis=1)
+
+    return lax.fori_loop(0, thresholds.shape[1], add_one, count), None
+
+  count, _ = lax.scan(add, jnp.zeros(thresholds.shape, jnp.int32),
+                      (blocks, positions))
+  return count
+
+
+@jax.jit
+def _bits_above(queries, blocks, positions, num_refs, threshold, lo, hi):
+  """Each query's negatives at least as similar as its `threshold` ``[n]``:
+  ``uint8 [n, K * B / 8]`` whose bit j of byte b marks the reference at
+  sorted position ``8 b + j`` (`positions` ``arange(K * B)``), and
+  ``int32 [n]`` how many."""
+  n = len(queries)
+
+  def mark(_, block):
+    above = _negative_similarities(queries, *block, num_refs, lo, hi) >= (
+        threshold[:, None])
+    bits = (above.reshape(n, -1, 8).astype(jnp.uint8) <<
+            jnp.arange(8, dtype=jnp.uint8)).sum(axis=2, dtype=jnp.uint8)
+    return None, (bits, above.sum(axis=1, dtype=jnp.int32))
+
+  _, (bits, count) = lax.scan(mark, None, (blocks, positions))
+  return bits.transpose(1, 0, 2).reshape(n, -1), count.sum(axis=0)
+
+
+@jax.jit
+def _candidate_keys(queries, references, positions):
+  """Keys of the references at sorted `positions` ``[n, C]``: ``[n, C]``."""
+  return _order_keys(jnp.einsum("nd,ncd->nc", queries, references[positions],
+                                precision=lax.Precision.HIGHEST))
 
 
 @jax.jit
@@ -162,6 +230,50 @@ def _ranking_vectors(x: np.ndarray, metric: str, *, query: bool
   else:
     extra = np.ones(len(x)) if query else -0.5 * np.sum(x * x, axis=1)
   return np.concatenate([x, extra[:, None]], axis=1).astype(np.float32)
+
+
+def _blocks(references: np.ndarray, positions: np.ndarray
+            ) -> tuple[jax.Array, jax.Array]:
+  """`references` ``[N, D]`` at sorted `positions` ``[N]`` in blocks of
+  `_BLOCK_REFERENCES`: ``[K, B, D]`` and ``[K, B]``, padded with zero
+  rows at position ``2^31 - 1`` (past every reference)."""
+  k = max(1, -(-len(references) // _BLOCK_REFERENCES))
+  x = np.zeros((k * _BLOCK_REFERENCES, references.shape[1]), np.float32)
+  x[:len(references)] = references
+  p = np.full(k * _BLOCK_REFERENCES, np.iinfo(np.int32).max, np.int32)
+  p[:len(positions)] = positions
+  return (jnp.asarray(x.reshape(k, _BLOCK_REFERENCES, -1)),
+          jnp.asarray(p.reshape(k, _BLOCK_REFERENCES)))
+
+
+def _similarity_of(keys: np.ndarray) -> np.ndarray:
+  """The ``float64`` similarities of `_order_keys`'s keys."""
+  keys = np.asarray(keys, np.uint32)
+  bits = np.where(keys >> 31 == 1, keys & np.uint32(0x7FFFFFFF), ~keys)
+  return -bits.view(np.float32).astype(np.float64)
+
+
+def _round(x: np.ndarray, up: bool) -> np.ndarray:
+  """`x` in float32, one step further up (or down) than the nearest, so
+  that no rounding moves it the wrong way."""
+  return np.nextafter(np.asarray(x, np.float32),
+                      np.float32(np.inf if up else -np.inf))
+
+
+def _set_positions(bits: np.ndarray, count: np.ndarray) -> np.ndarray:
+  """The set bits of each row of ``uint8 [n, P / 8]`` (bit j of byte b:
+  position ``8 b + j``) as positions ``[n, C]``, ascending, -1 after the
+  row's `count` (rows whose count is 0 are skipped)."""
+  row, byte = np.nonzero(bits[count > 0])
+  row = np.flatnonzero(count > 0)[row]
+  unpacked = np.unpackbits(bits[row, byte][:, None], axis=1,
+                           bitorder="little")
+  entry, bit = np.nonzero(unpacked)
+  row, position = row[entry], byte[entry] * 8 + bit
+  rank = np.arange(len(row)) - np.repeat(np.cumsum(count) - count, count)
+  out = np.full((len(bits), int(_power_of_two(count.max(initial=0)))), -1)
+  out[row, rank] = position
+  return out
 
 
 def _bucket(n: int, minimum: int = 8) -> int:
@@ -199,6 +311,7 @@ def retrieval_metrics(
     knn_ks: Sequence[int] = (1,),
     group_size: int = 8,
     max_groups: int = 512,
+    max_candidates: int = 4096,
     rank_directly_below: int = 8192,
     memory_budget: int = 64 * 2**20,
     profile: bool = False,
@@ -217,6 +330,8 @@ def retrieval_metrics(
     group_size: references per group of the group pass.
     max_groups: the most groups whose members a query ranks; a query that
       needs more is ranked against every reference.
+    max_candidates: the most negatives above a rung of its ladder that a
+      query ranks; a query with more is ranked against every reference.
     rank_directly_below: with fewer references than this, every query is
       ranked against all of them (cheap there, and fewer compilations).
     memory_budget: bytes of the largest block of work arrays.
@@ -227,7 +342,8 @@ def retrieval_metrics(
     ``{name: mean over the queries with R >= 1}`` for the metrics of the
     module docstring, plus ``queries``, ``lone_queries`` (how many had
     R = 0), the mean number of references ranked per query
-    (``ranked_per_query``) and how many queries were ranked against every
+    (``ranked_per_query``: its positives and its candidate negatives, every
+    attempt counted) and how many queries were ranked against every
     reference (``fully_ranked_queries``).
   """
   distances.check_metric(metric)
@@ -254,9 +370,10 @@ def retrieval_metrics(
   if min(*recall_ks, *knn_ks) < 1:
     raise ValueError(f"recall_ks and knn_ks must be >= 1, got {recall_ks} "
                      f"and {knn_ks}.")
-  if group_size < 1 or max_groups < 1:
-    raise ValueError(f"group_size and max_groups must be >= 1, got "
-                     f"{group_size} and {max_groups}.")
+  if min(group_size, max_groups, max_candidates) < 1:
+    raise ValueError(f"group_size, max_groups and max_candidates must be >= "
+                     f"1, got {group_size}, {max_groups} and "
+                     f"{max_candidates}.")
   for name, x in (("queries", queries), ("references", references)):
     if not np.isfinite(x).all():
       raise ValueError(f"{name} contain NaN or infinite values.")
@@ -287,6 +404,15 @@ def retrieval_metrics(
   names = _metric_names(recall_ks, knn_ks)
   per_query = {name: np.zeros(num_q) for name in names}
   fully = ranked = 0
+
+  def score(chunk, part, keys, index, labels, bound) -> np.ndarray:
+    nonlocal ranked
+    ranked += int(chunk.relevant[part].sum()) + int(np.sum(
+        (index >= 0) & (labels != chunk.label[part, None])))
+    with phase("rank (host)"):
+      return _rank(chunk, part, keys, index, labels, bound, harmonic,
+                   recall_ks, knn_ks, per_query)
+
   chunks = _chunks(np.flatnonzero(counted), query_lo, query_hi,
                    memory_budget)
   for rows in chunks:
@@ -303,32 +429,21 @@ def retrieval_metrics(
     del positive_keys
     chunk = _Chunk(
         rows=rows, label=query_labels[rows], relevant=num_relevant[rows],
-        needed=np.maximum(num_relevant[rows], min_depth),
-        sorted_positives=sorted_positives, reference_labels=reference_labels)
+        needed=np.maximum(num_relevant[rows], min_depth), lo=query_lo[rows],
+        hi=query_hi[rows], sorted_positives=sorted_positives,
+        reference_labels=reference_labels)
     if num_r < rank_directly_below:
-      take = np.full(len(rows), -1)
+      full = np.arange(len(rows))
     else:
-      maxima, ids = ranker.best_groups(rows, query_lo[rows], query_hi[rows],
-                                       max_groups + 1)
-      with phase("choose groups (host)"):
-        take, bound = ranker.groups_needed(chunk, maxima)
-    full = np.flatnonzero(take < 0)
-    for part in ranker.parts_by_width(np.flatnonzero(take >= 0), take):
-      keys, index, labels = ranker.group_candidates(
-          rows[part], ids[part], take[part], query_lo[rows[part]],
-          query_hi[rows[part]])
-      ranked += keys.shape[1] * len(part)
-      with phase("rank (host)"):
-        exact = _rank(chunk, part, keys, index, labels, bound[part],
-                      harmonic, recall_ks, knn_ks, per_query)
-      full = np.concatenate([full, part[~exact]])
+      by_groups = chunk.needed > chunk.relevant
+      full = np.concatenate([
+          _rank_by_ladder(ranker, chunk, np.flatnonzero(~by_groups),
+                          max_candidates, score),
+          _rank_by_groups(ranker, chunk, np.flatnonzero(by_groups),
+                          max_groups, score)])
     fully += len(full)
-    ranked += len(full) * num_r
     for part in ranker.full_parts(full):
-      keys, index, labels = ranker.all_candidates(rows[part])
-      with phase("rank (host)"):
-        _rank(chunk, part, keys, index, labels, None, harmonic, recall_ks,
-              knn_ks, per_query)
+      score(chunk, part, *ranker.all_candidates(rows[part]), None)
 
   results = {name: float(np.mean(values[counted])) if counted.any()
              else float("nan") for name, values in per_query.items()}
@@ -340,6 +455,67 @@ def retrieval_metrics(
     results.update({f"seconds {name}": value
                     for name, value in phase.seconds.items()})
   return results
+
+
+def _rank_by_ladder(ranker, chunk, part, max_candidates, score
+                    ) -> np.ndarray:
+  """Ranks the queries ``chunk.rows[part]`` (each with R at least the depth
+  needed) from their negatives above a rung of their ladder
+  (`_Ranker.rungs`), two rungs lower for those whose rung was too high.
+
+  Returns:
+    the rows of `part` left to rank against every reference (more than
+    `max_candidates` negatives above the rung).
+  """
+  full = [part[:0]]
+  rung = ranker.rungs(chunk, part) if len(part) else part
+  while len(part):
+    retry, retry_rung = [part[:0]], [part[:0]]
+    for i in ranker.pass_blocks(len(part)):
+      block = part[i]
+      positions, count, bound = ranker.negatives_above(
+          chunk, block, rung[i], max_candidates)
+      fits = count <= max_candidates
+      full.append(block[~fits])
+      width = _power_of_two(count)
+      for j in ranker.parts_by_width(np.flatnonzero(fits), width[fits]):
+        keys, index, labels = ranker.candidates(
+            chunk.rows[block[j]], positions[j, :width[j].max()])
+        wrong = ~score(chunk, block[j], keys, index, labels, bound[j])
+        # Rung 0 (the R-th positive) always suffices; were it ever not to,
+        # a full ranking would.
+        full.append(block[j][wrong & (rung[i][j] == 0)])
+        retry.append(block[j][wrong & (rung[i][j] > 0)])
+        retry_rung.append(np.maximum(rung[i][j][wrong & (rung[i][j] > 0)] - 2,
+                                     0))
+    part, rung = np.concatenate(retry), np.concatenate(retry_rung)
+  return np.concatenate(full)
+
+
+def _rank_by_groups(ranker, chunk, part, max_groups, score) -> np.ndarray:
+  """Ranks the queries ``chunk.rows[part]`` from the members of their best
+  groups (`_Ranker.groups_needed`).
+
+  Returns:
+    the rows of `part` left to rank against every reference (more than
+    `max_groups` groups needed).
+  """
+  if not len(part):
+    return part
+  rows = chunk.rows[part]
+  maxima, ids = ranker.best_groups(rows, chunk.lo[part], chunk.hi[part],
+                                   max_groups + 1)
+  with ranker.phase("choose groups (host)"):
+    take, bound = ranker.groups_needed(chunk, part, maxima)
+  full = [part[take < 0]]
+  width = (_power_of_two(take) + 2) * ranker.size
+  for j in ranker.parts_by_width(np.flatnonzero(take >= 0),
+                                 width[take >= 0]):
+    keys, index, labels = ranker.group_candidates(
+        rows[j], ids[j], take[j], chunk.lo[part[j]], chunk.hi[part[j]])
+    exact = score(chunk, part[j], keys, index, labels, bound[j])
+    full.append(part[j][~exact])
+  return np.concatenate(full)
 
 
 def _chunks(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -385,6 +561,9 @@ class _Ranker:
     self.sorted_refs = sorted_refs
     self.sorted_refs_on_device = jnp.asarray(sorted_refs)
     self.groups = jnp.asarray(padded.reshape(num_groups, group_size, dim))
+    self.blocks = _blocks(sorted_refs, np.arange(self.num_refs))
+    self.sample = _blocks(sorted_refs[::_SAMPLE_STRIDE],
+                          np.arange(0, self.num_refs, _SAMPLE_STRIDE))
     # A bound on the float32 rounding of one similarity: twice the worst
     # case of a dot product of D + 1 terms, relative to |q| |r|.
     self.tolerance = 2 * dim * np.finfo(np.float32).eps * np.linalg.norm(
@@ -422,9 +601,10 @@ class _Ranker:
       return _by_rows(functools.partial(_best, top=min(top, maxima.shape[1])),
                       maxima)
 
-  def groups_needed(self, chunk, maxima) -> tuple[np.ndarray, np.ndarray]:
-    """How many of its best groups each query ranks, and the key below
-    which its ranking is then exact: ``[n]`` each.
+  def groups_needed(self, chunk, part, maxima
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """How many of its best groups each query ``chunk.rows[part]`` ranks,
+    and the key below which its ranking is then exact: ``[n]`` each.
 
     With k groups, the ranking is exact above ``theta_k`` (the next group's
     maximum) plus the rounding bound ``tol``, and holds there every positive
@@ -433,12 +613,11 @@ class _Ranker:
     depth is taken; queries for which no k within `maxima` does get -1.
     """
     n, top = maxima.shape
-    tol = self.tolerance[chunk.rows, None]
+    tol = self.tolerance[chunk.rows[part], None]
 
     def keys_of(x):  # Keys of x rounded up, so that nothing is cut short.
-      x = np.nextafter(x.astype(np.float32), np.float32(np.inf))
       return np.asarray(_order_keys_jit(jnp.asarray(
-          _pad_rows(x, _bucket(n)))))[:n]
+          _pad_rows(_round(x, up=True), _bucket(n)))))[:n]
 
     bound = keys_of(maxima.astype(np.float64) + tol)
     sure = keys_of(maxima.astype(np.float64) + 2 * tol)
@@ -447,9 +626,10 @@ class _Ranker:
 
     def enough(k):  # Increasing in k: a binary search finds the first.
       groups = _count_below(group_keys, np.full(n, top), rows, sure[rows, k])
-      above = _count_below(chunk.sorted_positives, chunk.relevant, rows,
+      above = _count_below(chunk.sorted_positives, chunk.relevant, part,
                            _words(bound[rows, k], 0))
-      return (groups + above >= chunk.needed) | np.isneginf(maxima[rows, k])
+      return (groups + above >= chunk.needed[part]) | np.isneginf(
+          maxima[rows, k])
 
     lo, hi = np.zeros(n, np.int64), np.full(n, top)
     while (lo < hi).any():
@@ -461,21 +641,93 @@ class _Ranker:
     return take, bound[rows, np.minimum(lo, top - 1)]
 
   def _rows_per_block(self, width: int) -> int:
-    """Queries per block of `_group_keys` with `width` + 2 groups each."""
+    """Queries per block of `_candidate_keys` with `width` candidates."""
     return int(np.clip(self.budget // (
-        (width + 2) * self.size * (4 * self.queries.shape[1] + 32)),
-                       1, _MAX_ROWS))
+        width * (4 * self.queries.shape[1] + 32)), 1, _MAX_ROWS))
 
-  def parts_by_width(self, rows: np.ndarray, take: np.ndarray
+  def parts_by_width(self, rows: np.ndarray, width: np.ndarray
                      ) -> list[np.ndarray]:
-    """`rows` in blocks of equal numbers of groups (powers of two, so that
-    few shapes compile), within the budget."""
-    width = _power_of_two(take[rows])
+    """`rows` in blocks of equal `width` ``[len(rows)]`` (candidates per
+    query: few values, so that few shapes compile), within the budget."""
     parts = []
     for w in np.unique(width):
       mine, block = rows[width == w], self._rows_per_block(w)
       parts += [mine[i:i + block] for i in range(0, len(mine), block)]
     return parts
+
+  def candidates(self, rows, positions):
+    """Keys, reference indices (-1: none) and labels of the references at
+    sorted `positions` ``[n, C]`` (-1: none) for the queries `rows`:
+    ``[n, C]`` each."""
+    valid = positions >= 0
+    position = np.where(valid, positions, 0)
+    with self.phase("candidates (device)"):
+      n = min(self._rows_per_block(positions.shape[1]),
+              int(_power_of_two(len(rows))))
+      keys = np.asarray(_candidate_keys(
+          jnp.asarray(_pad_rows(self.queries[rows], n)),
+          self.sorted_refs_on_device,
+          jnp.asarray(_pad_rows(position, n))))[:len(rows)]
+    return (keys, np.where(valid, self.order[position], -1),
+            self.sorted_labels[position])
+
+  def rungs(self, chunk, part) -> np.ndarray:
+    """The rung of its ladder each query ``chunk.rows[part]`` starts from.
+
+    Rung t is the similarity of the query's positive ``m_t = max(R - 2^t +
+    1, 1)``; ranking the negatives above it suffices when at least ``R -
+    m_t`` negatives are above it (the positive then sits at place R or
+    later). The counts come from every `_SAMPLE_STRIDE`-th reference, so
+    the rung is an estimate, taken with a margin of two; `_rank` checks it.
+    """
+    rungs = np.arange(_RUNGS)
+    m = np.maximum(chunk.relevant[part, None] - 2 ** rungs + 1, 1)
+    with self.phase("choose rungs (device, sampled)"):
+      counts = []
+      for i in np.array_split(np.arange(len(part)),
+                              -(-len(part) // _MAX_ROWS)):
+        block, n = part[i], _bucket(len(i))
+        similarity = _similarity_of(_key_of(chunk.sorted_positives[
+            block[:, None], m[i] - 1]))
+        upper = _round(similarity + self.tolerance[chunk.rows[block], None],
+                       up=True)
+        counts.append(np.asarray(_counts_above(
+            self._query_block(chunk.rows[block]), *self.sample,
+            self.num_refs, jnp.asarray(_pad_rows(upper, n)),
+            jnp.asarray(_pad_rows(chunk.lo[block], n)),
+            jnp.asarray(_pad_rows(chunk.hi[block], n))))[:len(block)])
+    estimate = np.concatenate(counts) * _SAMPLE_STRIDE
+    deficit = chunk.relevant[part, None] - m
+    enough = estimate >= 2 * deficit  # Rung 0 always: no deficit.
+    return _RUNGS - 1 - np.argmax(enough[:, ::-1], axis=1)
+
+  def negatives_above(self, chunk, part, rung, max_candidates):
+    """The negatives of the queries ``chunk.rows[part]`` at least as
+    similar as their positive of `rung`, less a rounding bound.
+
+    Returns:
+      ``(positions, count, bound)``: sorted positions ``[n, C]`` (-1:
+      none), how many ``[n]`` (those with more than `max_candidates` have
+      none listed), and the key below which every negative is listed
+      (that positive's key, plus one) ``[n]``.
+    """
+    m = np.maximum(chunk.relevant[part] - 2 ** rung + 1, 1)
+    key = _key_of(chunk.sorted_positives[part, m - 1])
+    lower = _round(_similarity_of(key) - self.tolerance[chunk.rows[part]],
+                   up=False)
+    n = _bucket(len(part))
+    with self.phase("negatives above (device)"):
+      bits, count = _bits_above(
+          self._query_block(chunk.rows[part]), *self.blocks, self.num_refs,
+          jnp.asarray(_pad_rows(lower, n)),
+          jnp.asarray(_pad_rows(chunk.lo[part], n)),
+          jnp.asarray(_pad_rows(chunk.hi[part], n)))
+      bits, count = np.asarray(bits)[:len(part)], np.asarray(count)[
+          :len(part)]
+    listed = np.where(count <= max_candidates, count, 0)
+    with self.phase("list negatives (host)"):
+      positions = _set_positions(bits, listed)
+    return positions, count, np.minimum(key, _KEY_MAX - 1) + 1
 
   def group_candidates(self, rows, ids, take, lo, hi):
     """Keys, reference indices and labels of the members of each query's
@@ -488,18 +740,18 @@ class _Ranker:
                  ids[:, :width] if ids.shape[1] >= width else _pad_columns(
                      ids, width), -1),
         first[:, None], np.where(last > first, last, -1)[:, None]], axis=1)
-    with self.phase("candidates (device)"):
-      n = min(self._rows_per_block(width), int(_power_of_two(len(rows))))
-      keys = np.asarray(_group_keys(
-          jnp.asarray(_pad_rows(self.queries[rows], n)), self.groups,
-          jnp.asarray(_pad_rows(np.maximum(chosen, 0), n))))[:len(rows)]
-    position = (np.maximum(chosen, 0)[:, :, None] * self.size +
+    position = (chosen[:, :, None] * self.size +
                 np.arange(self.size)).reshape(len(rows), -1)
     valid = np.repeat(chosen >= 0, self.size, axis=1) & (
         position < self.num_refs)
-    position = np.minimum(position, self.num_refs - 1)
-    index = np.where(valid, self.order[position], -1)
-    return keys, index, self.sorted_labels[position]
+    return self.candidates(rows, np.where(valid, position, -1))
+
+  def pass_blocks(self, n: int) -> list[np.ndarray]:
+    """``range(n)`` in blocks of queries for `_bits_above` within the
+    budget (its bits, and a block of similarities three times over)."""
+    per_query = self.blocks[1].size // 8 + 12 * _BLOCK_REFERENCES
+    rows = int(np.clip(self.budget // per_query, 1, _MAX_ROWS))
+    return np.array_split(np.arange(n), -(-n // rows))
 
   def full_parts(self, pending: np.ndarray) -> list[np.ndarray]:
     rows = max(1, self.budget // (24 * self.num_refs))
@@ -524,6 +776,8 @@ class _Chunk:
   label: np.ndarray
   relevant: np.ndarray
   needed: np.ndarray
+  lo: np.ndarray  # The own class's sorted positions [lo, hi).
+  hi: np.ndarray
   sorted_positives: np.ndarray
   reference_labels: np.ndarray  # [R], by reference index.
 
