@@ -482,12 +482,13 @@ def _rank_by_ladder(ranker, chunk, part, max_candidates, score
         keys, index, labels = ranker.candidates(
             chunk.rows[block[j]], positions[j, :width[j].max()])
         wrong = ~score(chunk, block[j], keys, index, labels, bound[j])
+        was = rung[i][j]
         # Rung 0 (the R-th positive) always suffices; were it ever not to,
         # a full ranking would.
-        full.append(block[j][wrong & (rung[i][j] == 0)])
-        retry.append(block[j][wrong & (rung[i][j] > 0)])
-        retry_rung.append(np.maximum(rung[i][j][wrong & (rung[i][j] > 0)] - 2,
-                                     0))
+        full.append(block[j][wrong & (was == 0)])
+        again = wrong & (was > 0)
+        retry.append(block[j][again])
+        retry_rung.append(np.maximum(was[again] - 2, 0))
     part, rung = np.concatenate(retry), np.concatenate(retry_rung)
   return np.concatenate(full)
 
