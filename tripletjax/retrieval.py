@@ -260,20 +260,24 @@ def _round(x: np.ndarray, up: bool) -> np.ndarray:
                       np.float32(np.inf if up else -np.inf))
 
 
-def _set_positions(bits: np.ndarray, count: np.ndarray) -> np.ndarray:
-  """The set bits of each row of ``uint8 [n, P / 8]`` (bit j of byte b:
-  position ``8 b + j``) as positions ``[n, C]``, ascending, -1 after the
-  row's `count` (rows whose count is 0 are skipped)."""
-  row, byte = np.nonzero(bits[count > 0])
-  row = np.flatnonzero(count > 0)[row]
+def _set_positions(bits: np.ndarray) -> np.ndarray:
+  """The set bits of ``uint8 [n, P / 8]`` (bit j of byte b: position
+  ``8 b + j``), row after row, each row's ascending: ``int64 [bits set]``."""
+  row, byte = np.nonzero(bits)
   unpacked = np.unpackbits(bits[row, byte][:, None], axis=1,
                            bitorder="little")
   entry, bit = np.nonzero(unpacked)
-  row, position = row[entry], byte[entry] * 8 + bit
-  rank = np.arange(len(row)) - np.repeat(np.cumsum(count) - count, count)
-  out = np.full((len(bits), int(_power_of_two(count.max(initial=0)))), -1)
-  out[row, rank] = position
-  return out
+  return byte[entry] * 8 + bit
+
+
+def _unflatten(flat: np.ndarray, start: np.ndarray, count: np.ndarray,
+               width: int) -> np.ndarray:
+  """``[n, width]``: the entries ``flat[start_i : start_i + count_i]`` of
+  each row, then -1."""
+  column = np.arange(width)[None, :]
+  take = column < count[:, None]
+  return np.append(flat, -1)[np.where(take, start[:, None] + column,
+                                      len(flat))]
 
 
 def _bucket(n: int, minimum: int = 8) -> int:
@@ -311,7 +315,7 @@ def retrieval_metrics(
     knn_ks: Sequence[int] = (1,),
     group_size: int = 8,
     max_groups: int = 512,
-    max_candidates: int = 4096,
+    max_candidates: int = 16384,
     rank_directly_below: int = 8192,
     memory_budget: int = 64 * 2**20,
     profile: bool = False,
@@ -477,10 +481,12 @@ def _rank_by_ladder(ranker, chunk, part, max_candidates, score
           chunk, block, rung[i], max_candidates)
       fits = count <= max_candidates
       full.append(block[~fits])
+      start = np.cumsum(np.where(fits, count, 0)) - np.where(fits, count, 0)
       width = _power_of_two(count)
       for j in ranker.parts_by_width(np.flatnonzero(fits), width[fits]):
         keys, index, labels = ranker.candidates(
-            chunk.rows[block[j]], positions[j, :width[j].max()])
+            chunk.rows[block[j]],
+            _unflatten(positions, start[j], count[j], int(width[j].max())))
         wrong = ~score(chunk, block[j], keys, index, labels, bound[j])
         was = rung[i][j]
         # Rung 0 (the R-th positive) always suffices; were it ever not to,
@@ -707,10 +713,11 @@ class _Ranker:
     similar as their positive of `rung`, less a rounding bound.
 
     Returns:
-      ``(positions, count, bound)``: sorted positions ``[n, C]`` (-1:
-      none), how many ``[n]`` (those with more than `max_candidates` have
-      none listed), and the key below which every negative is listed
-      (that positive's key, plus one) ``[n]``.
+      ``(positions, count, bound)``: the sorted positions of each query's
+      negatives, the queries one after the other (those with more than
+      `max_candidates` left out), how many each has ``[n]``, and the key
+      below which every negative is listed (that positive's key, plus one)
+      ``[n]``.
     """
     m = np.maximum(chunk.relevant[part] - 2 ** rung + 1, 1)
     key = _key_of(chunk.sorted_positives[part, m - 1])
@@ -727,7 +734,7 @@ class _Ranker:
           :len(part)]
     listed = np.where(count <= max_candidates, count, 0)
     with self.phase("list negatives (host)"):
-      positions = _set_positions(bits, listed)
+      positions = _by_rows(_set_positions, bits[listed > 0])
     return positions, count, np.minimum(key, _KEY_MAX - 1) + 1
 
   def group_candidates(self, rows, ids, take, lo, hi):
@@ -901,6 +908,8 @@ def _by_rows(function, *arrays: np.ndarray):
   releases the GIL in its sorts), the blocks' results concatenated."""
   blocks = [b for b in np.array_split(np.arange(len(arrays[0])),
                                       sorting.usable_cpus()) if len(b)]
+  if len(blocks) <= 1:
+    return function(*arrays)
   with concurrent.futures.ThreadPoolExecutor(len(blocks)) as pool:
     results = list(pool.map(
         lambda b: function(*(x[b[0]:b[-1] + 1] for x in arrays)), blocks))
