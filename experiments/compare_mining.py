@@ -210,7 +210,7 @@ def main(argv):
     for trial, (margin, rate) in enumerate(
         draws(trials, margins, learning_rates)):
       if strategy == "batch_hard_soft":
-        margin = base.margin  # Not used by the loss.
+        margin = 0.0  # Hermans et al.'s soft margin: softplus(d_ap - d_an).
       config = tuning.replace(loss=strategy, margin=margin,
                               learning_rate=rate)
       results = study.run(config, study.workdir(

@@ -69,7 +69,7 @@ def test_compare_mining_tunes_on_validation_classes_and_tests_on_others(
     assert [float(r["learning_rate"]) for r in trials] == [
         rate for _, rate in draws]
     assert [float(r["margin"]) for r in trials] == (
-        [0.5, 0.5] if strategy == "batch_hard_soft" else
+        [0.0, 0.0] if strategy == "batch_hard_soft" else
         [margin for margin, _ in draws])
     best = max(trials, key=lambda r: float(r["MAP@R"]))
     runs = [r for r in final if r["strategy"] == strategy]
