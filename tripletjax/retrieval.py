@@ -35,30 +35,32 @@ How it stays exact at the cost of about one matrix product:
   sum of ``m / (m + j)`` over a run of places is a difference of harmonic
   numbers.
 * Finding those negatives without ranking every reference, when R is at
-  least the depth needed (the usual case): a ladder of thresholds, the
-  similarities of the query's positives ``m_t = R - 2^t + 1``. If at least
-  ``R - m_t`` negatives are more similar than positive ``m_t``, that
+  least the depth needed (the usual case; queries are ranked in blocks, and
+  a block takes this way when all its queries can): a ladder of thresholds,
+  the similarities of the query's positives ``m_t = R - 2^t + 1``. If at
+  least ``R - m_t`` negatives are more similar than positive ``m_t``, that
   positive sits at place R or later, so every negative within the first R
   places is at least as similar as it: one pass over all query x reference
   pairs (the matrix product and a comparison, packed into bits) lists those
   negatives, their similarities are recomputed exactly, and the count is
   checked on them. The rung comes from counts over a sample of the
-  references; one too high is lowered, and rung 0, the R-th positive,
-  always suffices. A query with more than `max_candidates` negatives above
-  its rung is ranked against every reference.
-* When R is below the depth (classes of a few images, k of recall@k or
-  kNN larger), the positives give no threshold. The references, sorted by
-  label, are cut into groups of `group_size`; one pass over all pairs (the
-  matrix product and a maximum per group) gives each query its best
-  similarity in every group. Every negative more similar than
-  ``theta_k``, the largest group maximum outside the query's k best
-  groups, lies in those groups (or in the two groups where the query's own
-  class begins and ends, always candidates), and those k groups hold at
-  least k such negatives: the ranking from their members, recomputed
-  exactly, is exact above ``theta_k`` (less a bound on float32 rounding)
-  and reaches at least the depth ``k + (positives above theta_k)``. Each
-  query takes the smallest k whose depth suffices; one that would need more
-  than `max_groups` groups is ranked against every reference.
+  references; one too high is lowered, and rung 0, the R-th positive, always
+  suffices. A query with more than `max_candidates` negatives above its rung
+  is ranked against every reference.
+* When R is below the depth (classes of a few images, k of recall@k or kNN
+  larger), the positives give no threshold (and a pass for the few queries
+  of a block that have one would cost nearly as much as for all). The
+  references, sorted by label, are cut into groups of `group_size`; one pass
+  over all pairs (the matrix product and a maximum per group) gives each
+  query its best similarity in every group. Every negative more similar than
+  ``theta_k``, the largest group maximum outside the query's k best groups,
+  lies in those groups (or in the two groups where the query's own class
+  begins and ends, always candidates), and those k groups hold at least k
+  such negatives: the ranking from their members, recomputed exactly, is
+  exact above ``theta_k`` (less a bound on float32 rounding) and reaches at
+  least the depth ``k + (positives above theta_k)``. Each query takes the
+  smallest k whose depth suffices; one that would need more than
+  `max_groups` groups is ranked against every reference.
 
 Memory is bounded by ``memory_budget`` bytes per block, whatever the number
 of references.
@@ -439,7 +441,9 @@ def retrieval_metrics(
     if num_r < rank_directly_below:
       full = np.arange(len(rows))
     else:
-      by_groups = chunk.needed > chunk.relevant
+      # The ladders only where every query of the chunk has one: a pass
+      # over all references costs less per query for many queries at once.
+      by_groups = np.full(len(rows), (chunk.needed > chunk.relevant).any())
       full = np.concatenate([
           _rank_by_ladder(ranker, chunk, np.flatnonzero(~by_groups),
                           max_candidates, score),
