@@ -36,8 +36,11 @@ own workdir: an interrupted comparison resumes where it stopped.
 
 --budget=cpu (the default: 5 trials, 5 seeds, 600 steps of P x K = 3 x 32
 on MNIST and Fashion-MNIST, of 32 x 4 on Omniglot) takes about an hour and
-a half per digit dataset on two CPU cores (Omniglot: not yet timed alone). --trials, --seeds and --steps given on the
-command line replace the budget's. Results: docs/results.md.
+a half per digit dataset on two CPU cores, about 70 minutes on Omniglot.
+--trials, --seeds and --steps given on the command line replace the
+budget's. Results: docs/results.md (MAP@R on the test classes: on
+Omniglot, distance-weighted sampling 0.378 and semi-hard 0.365 ahead,
+batch-hard collapsed at 0.088).
 """
 
 from __future__ import annotations
