@@ -43,12 +43,14 @@ def base_config(**changes: Any) -> config_lib.Config:
   job's by default), or with --quick a tiny run on slices of the data."""
   config = common.config_from_flags()
   if QUICK.value:
+    # One step per compiled call: the CPU traces a call's steps one after
+    # the other (`train.train_steps`), and a tiny run's time is compiling.
     config = config.replace(
         train_split="train[:2000]", test_split="test[:500]", widths=(4,),
         hidden_dim=16, embedding_dim=8, classes_per_batch=5,
         examples_per_class=4, triplets_per_batch=8, steps=10, warmup_steps=2,
         eval_every=0, checkpoint_every=0, eval_batch_size=500,
-        write_figures=False)
+        write_figures=False, steps_per_call=1)
   return config.replace(**changes)
 
 

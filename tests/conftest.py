@@ -4,10 +4,12 @@ one compilation cache for the suite.
 The original MNIST files are read from $TRIPLETJAX_MANUAL_DIR, else from
 ../shared/datasets beside the repository. Prepared data is cached in .tfds/
 in the repository (`data.prepare` locks, so parallel tests prepare it once).
-Compiled programs are cached in .jax_cache/ (JAX's persistent cache, set
-here through the environment so that the scripts and training jobs the tests
-start share it): the suite compiles the same small programs in many tests
-and processes.
+Compiled programs that take a second or more to compile are cached in
+.jax_cache/ (JAX's persistent cache, set here through the environment so that
+the scripts and training jobs the tests start share it): the suite compiles
+the same train steps in many tests and processes. Not the small programs:
+with every program cached (thousands of entries) each new compilation got
+slower, and the suite took three times as long.
 """
 
 import os
@@ -19,8 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # (the `filelock` package), so that parallel workers never read one half
 # written.
 for _name, _value in (("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache")),
-                      ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"),
-                      ("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0"),
+                      ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1"),
                       ("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))):
   os.environ.setdefault(_name, _value)
 

@@ -21,12 +21,15 @@ from tripletjax.models import weights
 
 
 def tiny_config(dataset_dirs, **changes):
+  # One step per compiled call unless a test says otherwise: the CPU traces a
+  # call's steps one after the other, and compiling is a tiny run's time.
   return config_lib.Config(
       train_split="train[:2000]", test_split="test[:500]", widths=(4,),
       hidden_dim=16, embedding_dim=8, classes_per_batch=5,
       examples_per_class=4, triplets_per_batch=8, steps=12, warmup_steps=2,
       eval_every=0, checkpoint_every=4, eval_batch_size=256,
-      log_every_seconds=1000.0, **dataset_dirs).replace(**changes)
+      log_every_seconds=1000.0, steps_per_call=1,
+      **dataset_dirs).replace(**changes)
 
 
 def saved_params(config, workdir):
