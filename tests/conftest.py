@@ -9,7 +9,7 @@ Compiled programs that take a second or more to compile are cached in
 the scripts and training jobs the tests start share it): the suite compiles
 the same train steps in many tests and processes. Not the small programs:
 with every program cached (thousands of entries) each new compilation got
-slower, and the suite took three times as long.
+slower, and the suite took half as long again (docs/performance.md).
 """
 
 import os
