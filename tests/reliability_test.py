@@ -90,7 +90,9 @@ def test_sigkill_then_relaunch_equals_uninterrupted_run(dataset_dirs,
                                                         tmp_path):
   steps = 60
   killed = tmp_path / "killed"
-  flags = job_flags(dataset_dirs, killed, steps=steps)
+  # Several steps per call (as the CPU's default), so that the kill can land
+  # inside a call.
+  flags = job_flags(dataset_dirs, killed, steps=steps, steps_per_call=5)
   job = start_job(flags)
   wait_for_checkpoint(killed, 10, job)
   job.send_signal(signal.SIGKILL)
@@ -104,7 +106,7 @@ def test_sigkill_then_relaunch_equals_uninterrupted_run(dataset_dirs,
 
   # The uninterrupted run goes through the same script (and XLA flags).
   straight = tmp_path / "straight"
-  run_job(job_flags(dataset_dirs, straight, steps=steps))
+  run_job(job_flags(dataset_dirs, straight, steps=steps, steps_per_call=5))
   config = config_of(dataset_dirs, steps)
   for want, got in zip(final_params(config, straight),
                        final_params(config, killed)):
