@@ -84,9 +84,10 @@ def main(argv):
   if config.dataset == omniglot.NAME and not _DATASET.value:
     task, _ = data.load_features(
         omniglot.NAME, "one_shot", ("image", "label", "run", "is_query"),
-        data_dir=config.data_dir, manual_dir=config.manual_dir)
+        data_dir=config.data_dir, manual_dir=config.manual_dir,
+        image_size=config.image_size or None)
     accuracy = few_shot.omniglot_one_shot_accuracy(
-        embedder(data.resize(task["image"], config.image_size or None)),
+        embedder(task["image"]),
         task["label"], task["run"], task["is_query"], metric=config.metric)
     results["official_one_shot_accuracy"] = accuracy
     print(f"Official one-shot task (20 runs of 20-way 1-shot): "

@@ -1,5 +1,6 @@
 """Loading real MNIST offline, and the errors of a bad manual directory."""
 
+import io
 import os
 import subprocess
 import sys
@@ -17,6 +18,40 @@ def test_loads_mnist_slice(dataset_dirs):
   assert split.images.dtype == np.uint8 and split.labels.dtype == np.int32
   assert split.num_classes == 10
   assert set(np.unique(split.labels)) <= set(range(10))
+
+
+def test_a_split_is_read_through_tensorflow_once(dataset_dirs):
+  # The first load keeps the split decoded; a later process reads that copy
+  # without importing TensorFlow, and gets what TensorFlow reads.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = data.prepare("mnist", **dataset_dirs)
+  want = tfds.as_numpy(builder.as_dataset(split="test[100:260]",
+                                          batch_size=-1))
+  data.load("mnist", "test[100:260]", **dataset_dirs)
+  script = ("import sys, numpy as np; from tripletjax import data; "
+            "s = data.load('mnist', 'test[100:260]', data_dir=sys.argv[1]); "
+            "np.save(sys.stdout.buffer, s.images); "
+            "np.save(sys.stdout.buffer, s.labels); "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run([sys.executable, "-c", script,
+                        dataset_dirs["data_dir"]], cwd=repo,
+                       capture_output=True, timeout=300, check=False)
+  assert run.returncode == 0, run.stderr.decode()[-2000:]
+  out = io.BytesIO(run.stdout)
+  np.testing.assert_array_equal(np.load(out), want["image"])
+  np.testing.assert_array_equal(np.load(out), want["label"])
+  # Another slice and a resizing are other entries.
+  other = data.load("mnist", "test[:160]", **dataset_dirs)
+  np.testing.assert_array_equal(
+      other.images, tfds.as_numpy(builder.as_dataset(
+          split="test[:160]", batch_size=-1))["image"])
+  small = data.load("mnist", "test[100:260]", image_size=14, **dataset_dirs)
+  # Halving by area averaging: the mean of each 2 x 2 block.
+  blocks = want["image"].reshape(160, 14, 2, 14, 2, 1).astype(np.float64)
+  np.testing.assert_array_equal(small.images,
+                                np.round(blocks.mean(axis=(2, 4))))
+  assert small.images.shape == (160, 14, 14, 1)
 
 
 def test_datasets_with_the_same_file_names_stay_apart(dataset_dirs):

@@ -2,11 +2,20 @@
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
 
 from absl.testing import absltest
 
 from tripletjax import writers
+
+
+def _write_events(logdir):
+  writer = writers.TensorBoardWriter(logdir)
+  writer.write_scalars(1, {"loss": 0.5, "grad_norm": 2.0})
+  writer.write_scalars(2, {"loss": 0.25})
+  writer.close()
 
 
 class WritersTest(absltest.TestCase):
@@ -31,17 +40,31 @@ class WritersTest(absltest.TestCase):
     writer.close()
 
   def test_tensorboard_events_hold_the_scalars(self):
+    logdir = tempfile.mkdtemp()
+    _write_events(logdir)
+    self._check_events(logdir)
+
+  def test_tensorboard_events_without_tensorflow(self):
+    # A process that has not imported TensorFlow writes through
+    # TensorBoard's stub, and must not import TensorFlow to do so.
+    logdir = tempfile.mkdtemp()
+    script = ("import sys; from tests import writers_test; "
+              "writers_test._write_events(sys.argv[1]); "
+              "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", script, logdir], cwd=repo,
+                         capture_output=True, text=True, timeout=300,
+                         check=False)
+    self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+    self._check_events(logdir)
+
+  def _check_events(self, logdir):
     # pylint: disable=g-import-not-at-top
     from tensorboard.backend.event_processing import event_file_loader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.plugins.scalar import summary_v2
     from tensorboard.util import tensor_util
     # pylint: enable=g-import-not-at-top
-    logdir = tempfile.mkdtemp()
-    writer = writers.TensorBoardWriter(logdir)
-    writer.write_scalars(1, {"loss": 0.5, "grad_norm": 2.0})
-    writer.write_scalars(2, {"loss": 0.25})
-    writer.close()
     (name,) = os.listdir(logdir)
     got = [(event.step, value.tag, float(tensor_util.make_ndarray(
         value.tensor)), value.metadata.plugin_data.plugin_name)

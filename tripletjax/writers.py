@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
+import types
 from typing import Callable, Mapping, Protocol, Sequence
 
 from absl import logging
@@ -71,6 +73,14 @@ class TensorBoardWriter:
   """
 
   def __init__(self, logdir: str):
+    # TensorBoard writes through TensorFlow's file API when TensorFlow is
+    # installed, and importing it costs each process seconds. Its own stub
+    # serves local files (all a workdir is); TensorBoard's marker module
+    # `tensorboard.compat.notf` selects the stub. Where TensorFlow is loaded
+    # already, TensorBoard may as well use it.
+    if "tensorflow" not in sys.modules:
+      sys.modules.setdefault("tensorboard.compat.notf",
+                             types.ModuleType("tensorboard.compat.notf"))
     # pylint: disable=g-import-not-at-top
     from tensorboard.compat.proto import event_pb2
     from tensorboard.compat.proto import summary_pb2

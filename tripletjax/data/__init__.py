@@ -14,7 +14,6 @@ from tripletjax.data.tfds_loader import load
 from tripletjax.data.tfds_loader import load_features
 from tripletjax.data.tfds_loader import MANUAL_DIR_ENV
 from tripletjax.data.tfds_loader import prepare
-from tripletjax.data.tfds_loader import resize
 from tripletjax.data.tfds_loader import resolve_manual_dir
 
 __all__ = [
@@ -25,6 +24,5 @@ __all__ = [
     "load_features",
     "load_splits",
     "prepare",
-    "resize",
     "resolve_manual_dir",
 ]

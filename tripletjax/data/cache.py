@@ -1,11 +1,13 @@
-"""Decoded images on disk, read by random access.
+"""Decoded data on disk: images read by random access, or whole arrays.
 
-A cache entry is a directory holding ``images.npy`` (``uint8 [N, S, S, C]``,
-NumPy's format), ``rows.npy`` (the rows that decoded; a file that did not
-is a zero row left out of them), ``labels.npy`` (one per kept row) and
-``meta.json`` (written last: an entry without it is incomplete). Entries are
-built in a temporary directory and renamed into place, under a file lock,
-so processes started together build an entry once.
+An image entry (`build`, `load`) is a directory holding ``images.npy``
+(``uint8 [N, S, S, C]``, NumPy's format), ``rows.npy`` (the rows that
+decoded; a file that did not is a zero row left out of them), ``labels.npy``
+(one per kept row) and ``meta.json``. An array entry (`build_arrays`,
+`load_arrays`) holds named arrays in ``arrays.npz`` (NumPy's format) and
+``meta.json``. ``meta.json`` is written last: an entry without it is
+incomplete. Entries are built in a temporary directory and renamed into
+place, under a file lock, so processes started together build an entry once.
 
 `ImageArray` reads rows with ``pread`` instead of mapping the file, so a
 process holds only the rows it asked for, however large the cache: a folder
@@ -134,10 +136,39 @@ def load(directory: str) -> tuple[ImageArray, np.ndarray, dict[str, Any]]:
           meta)
 
 
+def _publish(directory: str, fill: Callable[[str], dict[str, Any]]
+             ) -> dict[str, Any] | None:
+  """Makes entry `directory` unless it is complete already: `fill(scratch)`
+  writes the entry's files into a scratch directory and returns its meta,
+  written last; the scratch directory is then renamed into place.
+
+  Returns:
+    The meta written, or None if the entry was complete already.
+  """
+  with filelock.exclusive(directory + ".lock"):
+    if os.path.exists(os.path.join(directory, META_FILE)):
+      return None
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    partial = tempfile.mkdtemp(dir=os.path.dirname(directory),
+                               prefix=".building-")
+    try:
+      os.chmod(partial, 0o755)  # mkdtemp's 0700 would hide it from others.
+      meta = fill(partial)
+      with open(os.path.join(partial, META_FILE), "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+      if os.path.exists(directory):  # An incomplete entry of a dead build.
+        shutil.rmtree(directory)
+      os.rename(partial, directory)
+    except BaseException:
+      shutil.rmtree(partial, ignore_errors=True)
+      raise
+  return meta
+
+
 def build(directory: str, *, row_shape: tuple[int, int, int],
           examples: Iterable[tuple[np.ndarray | None, int, str]],
           meta: dict[str, Any], count: int | None = None) -> None:
-  """Writes cache entry `directory` unless it is complete already.
+  """Writes image entry `directory` unless it is complete already.
 
   Args:
     directory: the entry (see `entry`).
@@ -150,30 +181,45 @@ def build(directory: str, *, row_shape: tuple[int, int, int],
     count: how many examples there are, if known (the images are then
       written in place; else to a scratch file first).
   """
-  with filelock.exclusive(directory + ".lock"):
-    if os.path.exists(os.path.join(directory, META_FILE)):
-      return
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    partial = tempfile.mkdtemp(dir=os.path.dirname(directory),
-                               prefix=".building-")
-    try:
-      labels, good, bad = _write_images(os.path.join(partial, "images.npy"),
-                                        row_shape, examples, count)
-      np.save(os.path.join(partial, "rows.npy"), np.array(good, np.int64))
-      np.save(os.path.join(partial, "labels.npy"),
-              np.asarray(labels, np.int32)[good])
-      with open(os.path.join(partial, META_FILE), "w", encoding="utf-8") as f:
-        json.dump({**meta, "images": len(labels), "undecodable": bad}, f)
-      if os.path.exists(directory):  # An incomplete entry of a dead build.
-        shutil.rmtree(directory)
-      os.rename(partial, directory)
-    except BaseException:
-      shutil.rmtree(partial, ignore_errors=True)
-      raise
+  def fill(partial: str) -> dict[str, Any]:
+    labels, good, bad = _write_images(os.path.join(partial, "images.npy"),
+                                      row_shape, examples, count)
+    np.save(os.path.join(partial, "rows.npy"), np.array(good, np.int64))
+    np.save(os.path.join(partial, "labels.npy"),
+            np.asarray(labels, np.int32)[good])
+    return {**meta, "images": len(labels), "undecodable": bad}
+
+  written = _publish(directory, fill)
+  bad = written["undecodable"] if written else []
   if bad:
     logging.warning("%d image file(s) could not be decoded and are left out: "
                     "%s%s", len(bad), ", ".join(bad[:5]),
                     " ..." if len(bad) > 5 else "")
+
+
+def build_arrays(directory: str, make: Callable[[], dict[str, np.ndarray]],
+                 meta: dict[str, Any]) -> None:
+  """Writes array entry `directory` from `make()` unless it is complete
+  already (then `make` is not called)."""
+  def fill(partial: str) -> dict[str, Any]:
+    arrays = make()
+    # Numbered members: feature names may hold characters a member name
+    # cannot; meta maps them back.
+    np.savez(os.path.join(partial, "arrays.npz"),
+             *[arrays[k] for k in arrays])
+    return {**meta, "arrays": list(arrays)}
+
+  _publish(directory, fill)
+
+
+def load_arrays(directory: str) -> tuple[dict[str, np.ndarray],
+                                         dict[str, Any]]:
+  """``(arrays, meta)`` of a complete array entry."""
+  with open(os.path.join(directory, META_FILE), encoding="utf-8") as f:
+    meta = json.load(f)
+  with np.load(os.path.join(directory, "arrays.npz")) as npz:
+    arrays = {k: npz[f"arr_{i}"] for i, k in enumerate(meta["arrays"])}
+  return arrays, meta
 
 
 def _write_header(f, count: int, row_shape) -> None:

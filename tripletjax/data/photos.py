@@ -116,8 +116,8 @@ def _benchmark_splits(config: config_lib.Config, benchmark: Benchmark,
 
   def examples():  # The train split, then the test split.
     for split in ("train", "test"):
-      stream = tfds.as_numpy(builder.as_dataset(split=split,
-                                                shuffle_files=False))
+      stream = tfds.as_numpy(tfds_loader.as_dataset(
+          builder, split=split, shuffle_files=False))
       for i, example in enumerate(stream):
         meta["examples"][split] = i + 1  # Recorded when the build ends.
         yield (images_lib.from_array(example["image"], size=size,

@@ -5,6 +5,11 @@ Any TFDS dataset with an image and an integer label works (``mnist``,
 `tripletjax.models.preprocess` turns them into floats on the device, inside
 the compiled step.
 
+A split is read through TensorFlow once: the features asked for are kept
+decoded in the data directory (`tripletjax.data.cache`, keyed by the prepared
+files, the split and the resizing), and later loads read them with NumPy,
+without importing TensorFlow (which takes seconds per process).
+
 Offline use: tensorflow-datasets takes the original download files from a
 *manual directory* instead of the network. `manual_dir` may be that directory
 itself or a directory with one sub-directory per dataset name (``mnist/``,
@@ -14,18 +19,22 @@ variable ``TRIPLETJAX_MANUAL_DIR`` supplies the default.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-# Imported for its side effect: it registers the omniglot_lake builder.
+from tripletjax.data import cache
 from tripletjax.data import filelock
+# Imported for its side effect: it registers the omniglot_lake builder.
 from tripletjax.data import omniglot  # pylint: disable=unused-import
 from tripletjax.data.split import Split
 
 MANUAL_DIR_ENV = "TRIPLETJAX_MANUAL_DIR"
+CACHE_VERSION = 1  # Bump when what an entry holds changes.
 
 
 def resolve_manual_dir(name: str, manual_dir: str | None) -> str | None:
@@ -42,6 +51,12 @@ def _hide_accelerators_from_tensorflow() -> None:
   """TensorFlow only reads files here; it must not take GPU memory from JAX."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
+
+
+def as_dataset(builder, **kwargs):
+  """``builder.as_dataset(**kwargs)``, TensorFlow kept off the GPUs."""
+  _hide_accelerators_from_tensorflow()
+  return builder.as_dataset(**kwargs)
 
 
 def _builder(name: str, data_dir: str | None):
@@ -68,7 +83,6 @@ def prepare(name: str, *, data_dir: str | None = None,
     RuntimeError: the download failed (typically: no network and no
       manual directory).
   """
-  _hide_accelerators_from_tensorflow()
   builder = _builder(name, data_dir)
   if builder.is_prepared():
     return builder
@@ -99,6 +113,7 @@ def _download_and_prepare(builder, name: str, manual_dir: str | None) -> None:
           "download them.")
   logging.info("Preparing %s in %s (manual directory: %s).", name,
                builder.data_dir, manual_dir)
+  _hide_accelerators_from_tensorflow()
   # tensorflow-datasets extracts archives to downloads/extracted/<kind>.<file
   # name>; MNIST and Fashion-MNIST have the same file names, so a shared
   # folder would hand one dataset the other's files. One folder per dataset.
@@ -120,7 +135,8 @@ def _download_and_prepare(builder, name: str, manual_dir: str | None) -> None:
 
 def load_features(name: str, split: str, keys: tuple[str, ...], *,
                   data_dir: str | None = None,
-                  manual_dir: str | None = None
+                  manual_dir: str | None = None, image_key: str = "image",
+                  image_size: int | None = None
                   ) -> tuple[dict[str, np.ndarray], tfds.core.DatasetInfo]:
   """Features `keys` of a whole split, as host arrays (one row per example),
   and the dataset's information, preparing the dataset if needed.
@@ -132,6 +148,9 @@ def load_features(name: str, split: str, keys: tuple[str, ...], *,
     data_dir: where tensorflow-datasets keeps prepared data (its default
       when ``None``).
     manual_dir: original download files, for offline use (see module doc).
+    image_key: the image feature that `image_size` resizes.
+    image_size: resize feature `image_key` to ``image_size x image_size``
+      (`resize`); None keeps its size.
 
   Raises:
     ValueError: naming a missing feature or split and those there are.
@@ -143,13 +162,39 @@ def load_features(name: str, split: str, keys: tuple[str, ...], *,
       raise ValueError(
           f"Dataset {name!r} has no feature {key!r}; it has "
           f"{', '.join(features.keys())}.")
-  try:
-    arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-  except Exception as e:  # Unknown splits raise several types.
-    raise ValueError(
-        f"Dataset {name!r} has no split {split!r}; it has "
-        f"{', '.join(builder.info.splits.keys())}.") from e
-  return {key: np.asarray(arrays[key]) for key in keys}, builder.info
+  resized = image_key if image_size is not None and image_key in keys \
+      else None
+  directory = cache.entry(str(builder.data_dir_root), name, _cache_key(
+      builder, split, keys, resized, image_size))
+
+  def read() -> dict[str, np.ndarray]:
+    try:
+      arrays = tfds.as_numpy(as_dataset(builder, split=split, batch_size=-1))
+    except Exception as e:  # Unknown splits raise several types.
+      raise ValueError(
+          f"Dataset {name!r} has no split {split!r}; it has "
+          f"{', '.join(builder.info.splits.keys())}.") from e
+    out = {key: np.asarray(arrays[key]) for key in keys}
+    if resized is not None:
+      out[resized] = resize(out[resized], image_size)
+    # Text features come as Python objects, which NumPy's files refuse.
+    return {k: v.astype(np.bytes_) if v.dtype == object else v
+            for k, v in out.items()}
+
+  cache.build_arrays(directory, read, meta={"dataset": name, "split": split})
+  return cache.load_arrays(directory)[0], builder.info
+
+
+def _cache_key(builder, split: str, keys: tuple[str, ...],
+               resized: str | None, image_size: int | None) -> str:
+  """Names what a cached split holds: the prepared files (a dataset
+  prepared again gets a new entry), the split and the features."""
+  stats = {f: os.stat(os.path.join(builder.data_dir, f))
+           for f in sorted(os.listdir(builder.data_dir))}
+  files = [(f, s.st_size, s.st_mtime_ns) for f, s in stats.items()]
+  parts = [CACHE_VERSION, str(builder.info.version), files, split,
+           list(keys), resized, image_size]
+  return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def load(name: str, split: str, *, data_dir: str | None = None,
@@ -168,24 +213,27 @@ def load(name: str, split: str, *, data_dir: str | None = None,
     The split as a `Split`.
   """
   arrays, info = load_features(name, split, (image_key, label_key),
-                               data_dir=data_dir, manual_dir=manual_dir)
+                               data_dir=data_dir, manual_dir=manual_dir,
+                               image_key=image_key, image_size=image_size)
   images = arrays[image_key]
   if images.ndim == 3:
     images = images[..., None]
   if images.dtype != np.uint8:
     raise ValueError(f"Dataset {name!r}: expected uint8 images, got "
                      f"{images.dtype}.")
-  return Split(images=resize(images, image_size),
-               labels=arrays[label_key].astype(np.int32),
+  return Split(images=images, labels=arrays[label_key].astype(np.int32),
                num_classes=info.features[label_key].num_classes)
 
 
 def resize(images: np.ndarray, size: int | None, *, chunk: int = 4096
            ) -> np.ndarray:
-  """``uint8 [N, H, W, C]`` images resized to ``[N, size, size, C]`` by area
-  averaging (the anti-aliased way to shrink), in chunks; None: unchanged."""
+  """``uint8 [N, H, W, C]`` (or ``[N, H, W]``) images resized to ``[N, size,
+  size, C]`` (``[N, size, size]``) by area averaging (the anti-aliased way to
+  shrink), in chunks; None: unchanged."""
   if size is None or images.shape[1:3] == (size, size):
     return images
+  if images.ndim == 3:
+    return resize(images[..., None], size, chunk=chunk)[..., 0]
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return np.concatenate([
       np.asarray(tf.cast(tf.round(tf.image.resize(
