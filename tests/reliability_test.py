@@ -31,8 +31,8 @@ def job_flags(dataset_dirs, workdir, **changes):
       hidden_dim=16, embedding_dim=8, classes_per_batch=5,
       examples_per_class=4, steps=400, warmup_steps=2, checkpoint_every=5,
       keep_checkpoints=1000, eval_every=0, eval_batch_size=256,
-      log_every_seconds=1000, steps_per_call=1, workdir=workdir,
-      **dataset_dirs)
+      log_every_seconds=1000, steps_per_call=1, write_figures=False,
+      workdir=workdir, **dataset_dirs)
   values.update(changes)
   return [f"--{k}={v}" for k, v in values.items()]
 
@@ -236,7 +236,7 @@ def test_collapse_and_stall_are_reported_by_the_loop(dataset_dirs, tmp_path,
   """Losses stuck at the margin with negatives at distance 0: both warnings
   come out of a real run."""
   config = train_test.tiny_config(dataset_dirs, steps=205,
-                                  checkpoint_every=0, write_figures=False)
+                                  checkpoint_every=0)
   real = train.compute_loss
   def collapsed(embeddings, labels, config, **kwargs):
     loss, metrics = real(embeddings, labels, config, **kwargs)

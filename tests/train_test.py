@@ -23,12 +23,13 @@ from tripletjax.models import weights
 def tiny_config(dataset_dirs, **changes):
   # One step per compiled call unless a test says otherwise: the CPU traces a
   # call's steps one after the other, and compiling is a tiny run's time.
+  # No figures unless a test checks them: drawing them takes seconds.
   return config_lib.Config(
       train_split="train[:2000]", test_split="test[:500]", widths=(4,),
       hidden_dim=16, embedding_dim=8, classes_per_batch=5,
       examples_per_class=4, triplets_per_batch=8, steps=12, warmup_steps=2,
       eval_every=0, checkpoint_every=4, eval_batch_size=256,
-      log_every_seconds=1000.0, steps_per_call=1,
+      log_every_seconds=1000.0, steps_per_call=1, write_figures=False,
       **dataset_dirs).replace(**changes)
 
 
@@ -43,7 +44,7 @@ def saved_params(config, workdir):
 
 
 def test_train_and_evaluate_writes_results(dataset_dirs, tmp_path):
-  config = tiny_config(dataset_dirs, eval_every=6)
+  config = tiny_config(dataset_dirs, eval_every=6, write_figures=True)
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["steps"] == 12
   assert 0.1 < results["test_knn_accuracy_at_1"] <= 1.0
@@ -66,8 +67,7 @@ def test_results_are_test_queries_against_the_train_split(dataset_dirs,
                                                           tmp_path):
   """The main job's test metrics, recomputed by brute force from the saved
   network's embeddings: each test image ranks every train image."""
-  config = tiny_config(dataset_dirs, test_split="test[:200]",
-                       write_figures=False, knn_ks=(1, 3))
+  config = tiny_config(dataset_dirs, test_split="test[:200]", knn_ks=(1, 3))
   results = train.train_and_evaluate(config, str(tmp_path))
   run = workdir.restore(str(tmp_path))
   assert run.step == config.steps
@@ -142,8 +142,7 @@ def test_moving_average_of_the_weights(dataset_dirs, tmp_path):
   the metrics and the restored network are the average's."""
   config = tiny_config(dataset_dirs, ema_decay=0.8, steps=6,
                        checkpoint_every=1, keep_checkpoints=10,
-                       test_split="test[:200]", write_figures=False,
-                       knn_ks=(1, 3))
+                       test_split="test[:200]", knn_ks=(1, 3))
   results = train.train_and_evaluate(config, str(tmp_path / "ema"))
   train.train_and_evaluate(config.replace(ema_decay=0.0),
                            str(tmp_path / "plain"))
@@ -184,8 +183,7 @@ def test_steps_per_call_change_nothing_but_rounding(dataset_dirs, tmp_path):
   params = []
   for per_call in (1, 4):
     config = tiny_config(dataset_dirs, steps=8, checkpoint_every=0,
-                         sampling="host", steps_per_call=per_call,
-                         write_figures=False)
+                         sampling="host", steps_per_call=per_call)
     train.train_and_evaluate(config, str(tmp_path / str(per_call)))
     params.append(saved_params(config, tmp_path / str(per_call)))
   for a, b in zip(*map(jax.tree.leaves, params)):
