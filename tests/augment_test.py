@@ -92,6 +92,27 @@ def test_rows_of_a_global_batch_draw_as_in_the_whole_batch():
       np.testing.assert_array_equal(part, whole[first:first + 2])
 
 
+def test_flips_leave_the_other_draws_alone():
+  """With --augment_flip each image is the unflipped augmentation or its
+  mirror, half of them mirrored on average, and rows of a global batch
+  draw as in the whole batch."""
+  images = jax.random.uniform(jax.random.key(7), (64, 6, 6, 1))
+  config = config_lib.Config(augment_rotation=10.0, augment_shift=1)
+  flipped = config.replace(augment_flip=True)
+  key = jax.random.key(8)
+  plain = np.asarray(augment.apply(images, key, config))
+  got = np.asarray(augment.apply(images, key, flipped))
+  same = np.all(got == plain, axis=(1, 2, 3))
+  mirrored = np.all(got == plain[:, :, ::-1], axis=(1, 2, 3))
+  assert np.all(same | mirrored)
+  assert 16 <= mirrored.sum() <= 48 and 16 <= same.sum() <= 48
+  part = augment.apply(images[8:16], key, flipped, first_row=8,
+                       batch_size=64)
+  np.testing.assert_array_equal(part, got[8:16])
+  with pytest.raises(ValueError, match="augment_flip"):
+    config_lib.validate(config_lib.Config(augment="photo", augment_flip=True))
+
+
 def test_whole_image_crop_is_the_identity_or_its_mirror():
   images = jax.random.uniform(jax.random.key(7), (6, 9, 9, 2))
   same = augment.random_resized_crop(images, jax.random.key(8), 9,

@@ -33,7 +33,7 @@ EARLIER_VALUES = {"sampling": "host", "steps_per_call": 1}
 # Settings added since, whose value here changes nothing that came before:
 # at it they are left out of the digest that names a run's workdir, so a
 # run named before they existed keeps its name (and resumes).
-NEUTRAL_VALUES = {"ema_decay": 0.0}
+NEUTRAL_VALUES = {"ema_decay": 0.0, "augment_flip": False}
 TUPLE_FIELDS = ("widths", "train_classes", "test_classes", "knn_ks",
                 "few_shot_shots")
 LOSS_NAMES = (*losses.MINING_LOSSES, *losses.SAMPLING_LOSSES, RANDOM_TRIPLETS)
@@ -152,7 +152,8 @@ class Config:
       "embed and export with it instead of the weights (0: none).")
   augment: str = _setting(
       "auto", "Augmentation of training images: digits (the augment_shift, "
-      "augment_rotation and augment_scale below), photo (random resized crop, "
+      "augment_rotation, augment_scale and augment_flip below), photo "
+      "(random resized crop, "
       "horizontal flip, augment_color jitter) or none; auto: photo for photo "
       "datasets, digits otherwise.")
   augment_shift: int = _setting(
@@ -163,6 +164,9 @@ class Config:
   augment_scale: float = _setting(
       0.0, "Random scaling of training images by a factor in "
       "[1 - s, 1 + s].")
+  augment_flip: bool = _setting(
+      False, "Digits augmentation: flip each training image left-right with "
+      "probability 1/2 (for clothes, not for digits or characters).")
   augment_color: float = _setting(
       0.0, "Photo augmentation: brightness, contrast and saturation each "
       "scaled by a random factor in [1 - s, 1 + s].")
@@ -366,6 +370,9 @@ def validate(config: Config) -> Config:
            "positives=augmented needs a mining loss and an augmentation "
            f"(got loss {c.loss!r}, augment {c.augment!r}): the views of an "
            "image differ by their augmentation alone.")
+  _require(not c.augment_flip or c.augmentation == "digits",
+           f"augment_flip belongs to the digits augmentation, not to "
+           f"augment={c.augmentation!r} (photo flips already).")
   _require(0 <= c.augment_color < 1,
            f"augment_color must be in [0, 1), got {c.augment_color!r}.")
   _require(c.margin > 0 or (c.margin == 0 and c.loss == "batch_hard_soft"),

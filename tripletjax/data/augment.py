@@ -4,8 +4,8 @@ Pure functions of a batch and a PRNG key, run inside the compiled train step
 (each image its own draw), so they cost no host time and no transfer. Two
 families (`apply` picks the configured one):
 
-* digits: whole-pixel shifts, and rotations and scaling by a bilinear warp,
-  at the images' own size;
+* digits: whole-pixel shifts, rotations and scaling by a bilinear warp,
+  and optionally horizontal flips, at the images' own size;
 * photo: a random resized crop (area 16-100 % of the image, aspect ratio
   3/4-4/3) to the network's input size, a horizontal flip, and optionally
   colour jitter, as in the metric-learning benchmarks' training recipes.
@@ -156,6 +156,25 @@ def augment(images: jax.Array, key: jax.Array, *, max_shift: int = 0,
   return images
 
 
+def random_flip(images: jax.Array, key: jax.Array, *,
+                first_row: int | jax.Array = 0,
+                batch_size: int | None = None) -> jax.Array:
+  """Flips each image left-right with probability 1/2.
+
+  Args:
+    images: ``[B, H, W, C]``.
+    key: PRNG key.
+    first_row, batch_size: see the module doc.
+
+  Returns:
+    ``[B, H, W, C]``.
+  """
+  b = images.shape[0]
+  flips = _own_rows(jax.random.bernoulli(key, 0.5, (batch_size or b,)),
+                    first_row, b)
+  return jnp.where(flips[:, None, None, None], images[:, :, ::-1], images)
+
+
 def center_crop(images: jax.Array | np.ndarray, size: int
                 ) -> jax.Array | np.ndarray:
   """The central ``size x size`` of each ``[B, H, W, C]`` image (a JAX or a
@@ -263,7 +282,10 @@ def apply(images: jax.Array, key: jax.Array, config, *,
     return x
   x = center_crop(images, size)
   if config.augmentation == "digits":
-    return augment(x, key, max_shift=config.augment_shift,
-                   max_rotation=config.augment_rotation,
-                   max_scale=config.augment_scale, **rows)
+    x = augment(x, key, max_shift=config.augment_shift,
+                max_rotation=config.augment_rotation,
+                max_scale=config.augment_scale, **rows)
+    if config.augment_flip:
+      # A key of its own: the other draws stay those of runs without flips.
+      x = random_flip(x, jax.random.fold_in(key, 2), **rows)
   return x
