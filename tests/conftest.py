@@ -10,6 +10,13 @@ the scripts and training jobs the tests start share it): the suite compiles
 the same train steps in many tests and processes. Not the small programs:
 with every program cached (thousands of entries) each new compilation got
 slower, and the suite took half as long again (docs/performance.md).
+
+Every program the suite and its processes compile is compiled at LLVM's -O0
+(`TEST_XLA_FLAGS`): a test's programs are tiny and compiling them is what
+the suite spends its time on, about three times faster at -O0. The level
+changes how XLA's CPU backend generates code, not what a program computes
+(neither level allows fast-math rewrites); `xla_cpu_test` checks a
+convolution and its gradients compiled as the project compiles them.
 """
 
 import os
@@ -24,6 +31,10 @@ for _name, _value in (("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache")),
                       ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1"),
                       ("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))):
   os.environ.setdefault(_name, _value)
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(
+      (os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAGS)).strip()
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -13,7 +13,8 @@ from tripletjax import losses
 SCRIPT = textwrap.dedent("""
     import functools
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_force_host_platform_device_count=8")
     import jax
     import numpy as np
     from jax.sharding import PartitionSpec as P

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tests import quick
 from tests import reference
 from tripletjax import losses
 
@@ -37,7 +36,7 @@ def jitted_loss(name, sort_implementation=None):
   if sort_implementation:
     loss_fn = functools.partial(loss_fn,
                                 sort_implementation=sort_implementation)
-  return quick.jit(loss_fn, static_argnames="metric")
+  return jax.jit(loss_fn, static_argnames="metric")
 
 
 def random_batch(seed, *, batch, dim, classes, duplicates=0, padding=0,
@@ -158,7 +157,7 @@ class MiningLossTest(parameterized.TestCase):
     `test_matches_brute_force`)."""
     positive, negative = strategies
     metric = "euclidean"
-    loss_fn = quick.jit(functools.partial(
+    loss_fn = jax.jit(functools.partial(
         losses.batch_easy_hard_triplet_loss, positive=positive,
         negative=negative, metric=metric))
     for seed in range(2):
@@ -190,7 +189,7 @@ class MiningLossTest(parameterized.TestCase):
   def test_invariant_to_batch_permutation(self, name, metric):
     x, labels = random_batch(3, batch=20, dim=6, classes=4, padding=2)
     perm = np.random.default_rng(0).permutation(len(labels))
-    loss_fn = quick.jit(functools.partial(losses.MINING_LOSSES[name],
+    loss_fn = jax.jit(functools.partial(losses.MINING_LOSSES[name],
                                           margin=0.3, metric=metric))
     loss, metrics = loss_fn(x, labels)
     loss_perm, metrics_perm = loss_fn(x[perm], labels[perm])
@@ -215,7 +214,7 @@ class MiningLossTest(parameterized.TestCase):
                                                      value):
     x = jnp.full((8, 4), value)
     labels = jnp.array([0, 0, 1, 1, 2, 2, 0, 1])
-    grad = quick.jit(jax.grad(lambda e: losses.MINING_LOSSES[name](
+    grad = jax.jit(jax.grad(lambda e: losses.MINING_LOSSES[name](
         e, labels, margin=0.2, metric=metric)[0]))(x)
     self.assertTrue(np.all(np.isfinite(grad)))
 
@@ -224,7 +223,7 @@ class MiningLossTest(parameterized.TestCase):
       labels=((0, 0, 0, 0), (0, 1, 2, 3), (-1, -1, -1, -1), (0, -1, 1, -1)))
   def test_no_valid_triplet_gives_zero_loss_and_gradient(self, name, labels):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
-    (loss, metrics), grad = quick.jit(jax.value_and_grad(
+    (loss, metrics), grad = jax.jit(jax.value_and_grad(
         lambda e: losses.MINING_LOSSES[name](e, jnp.array(labels), margin=0.2),
         has_aux=True))(x)
     self.assertEqual(float(loss), 0.0)
@@ -239,9 +238,9 @@ class MiningLossTest(parameterized.TestCase):
     xs = np.stack([b[0] for b in batches])
     ys = np.stack([b[1] for b in batches])
     loss_fn = functools.partial(losses.MINING_LOSSES[name], margin=0.2)
-    vmapped, _ = quick.jit(jax.vmap(loss_fn))(xs, ys)
+    vmapped, _ = jax.jit(jax.vmap(loss_fn))(xs, ys)
     for i, (x, y) in enumerate(batches):
-      np.testing.assert_allclose(vmapped[i], quick.jit(loss_fn)(x, y)[0],
+      np.testing.assert_allclose(vmapped[i], jax.jit(loss_fn)(x, y)[0],
                                  rtol=1e-6)
 
   def test_batch_all_builds_no_cubic_tensor(self):
@@ -308,7 +307,7 @@ class TripletMarginLossTest(parameterized.TestCase):
   def test_matches_enumeration(self, metric, margin):
     rng = np.random.default_rng(0)
     a, p, n = (rng.normal(size=(9, 5)).astype(np.float32) for _ in range(3))
-    loss, metrics = quick.jit(functools.partial(
+    loss, metrics = jax.jit(functools.partial(
         losses.triplet_margin_loss, margin=margin, metric=metric))(a, p, n)
     d_ap = [reference.pairwise_distances(np.stack([a[i], p[i]]), metric)[0, 1]
             for i in range(9)]
@@ -376,7 +375,7 @@ class DistanceWeightedTest(parameterized.TestCase):
                        c ** (2.0 - dim) * (1 - c * c / 4) ** (-(dim - 3) / 2),
                        0.0)
     want = weights / weights.sum()
-    draw = quick.jit(lambda k: losses.distance_weighted_negatives(
+    draw = jax.jit(lambda k: losses.distance_weighted_negatives(
         x, labels, k)[0][a, p])
     n = 4000
     counts = np.bincount([int(draw(jax.random.key(i))) for i in range(n)],

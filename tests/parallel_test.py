@@ -23,7 +23,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def run_script(script, devices=8, timeout=600):
   env = {**os.environ, "PYTHONPATH": str(REPO),
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                      f"--xla_force_host_platform_device_count={devices}"}
   result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)],
                           cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)
