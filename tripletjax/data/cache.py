@@ -16,6 +16,7 @@ larger than memory trains.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -116,6 +117,12 @@ class ImageArray:
 
   def __getstate__(self) -> dict[str, Any]:
     return {**self.__dict__, "_fd": None, "_pid": None}
+
+
+def key(*parts) -> str:
+  """A short name for what an entry holds: a digest of `parts` (JSON
+  values: versions, sources, settings)."""
+  return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def entry(data_dir: str | None, name: str, key: str) -> str:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 
 from absl import logging
@@ -57,10 +55,6 @@ BENCHMARKS = {
 }
 
 
-def _key(*parts) -> str:
-  return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
-
-
 def load_splits(config: config_lib.Config) -> tuple[Split, Split]:
   """The train and test splits of photo dataset ``config.dataset``."""
   size, channels = config.stored_size, config.channels or 3
@@ -84,7 +78,7 @@ def _decode_or_none(path: str, *, size: int, channels: int
 
 def _folder_split(split: folders.FolderSplit, config: config_lib.Config,
                   size: int, channels: int) -> Split:
-  directory = cache.entry(config.data_dir, "folder", _key(
+  directory = cache.entry(config.data_dir, "folder", cache.key(
       CACHE_VERSION, os.path.abspath(split.root), folders.fingerprint(split),
       size, channels))
   if split.paths:
@@ -109,7 +103,7 @@ def _benchmark_splits(config: config_lib.Config, benchmark: Benchmark,
   builder = tfds_loader.prepare(benchmark.tfds_name, data_dir=config.data_dir,
                                 manual_dir=config.manual_dir)
   num_classes = builder.info.features[benchmark.label_key].num_classes
-  directory = cache.entry(config.data_dir, config.dataset, _key(
+  directory = cache.entry(config.data_dir, config.dataset, cache.key(
       CACHE_VERSION, benchmark.tfds_name, str(builder.info.version), size,
       channels))
   meta = {"source": benchmark.tfds_name, "examples": {}}

@@ -19,8 +19,6 @@ variable ``TRIPLETJAX_MANUAL_DIR`` supplies the default.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 
 from absl import logging
@@ -192,9 +190,8 @@ def _cache_key(builder, split: str, keys: tuple[str, ...],
   stats = {f: os.stat(os.path.join(builder.data_dir, f))
            for f in sorted(os.listdir(builder.data_dir))}
   files = [(f, s.st_size, s.st_mtime_ns) for f, s in stats.items()]
-  parts = [CACHE_VERSION, str(builder.info.version), files, split,
-           list(keys), resized, image_size]
-  return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+  return cache.key(CACHE_VERSION, str(builder.info.version), files, split,
+                   list(keys), resized, image_size)
 
 
 def load(name: str, split: str, *, data_dir: str | None = None,
