@@ -14,7 +14,7 @@ slower, and the suite took half as long again (docs/performance.md).
 Every program the suite and its processes compile is compiled at LLVM's -O0
 (`TEST_XLA_FLAGS`): a test's programs are tiny and compiling them is what
 the suite spends its time on (the 1-vs-8-device step script of parallel_test
-takes half as long at -O0; docs/performance.md). The level
+took 58 s instead of 94 s at -O0; docs/performance.md). The level
 changes how XLA's CPU backend generates code, not what a program computes
 (neither level allows fast-math rewrites); `xla_cpu_test` checks a
 convolution and its gradients compiled as the project compiles them.
