@@ -119,10 +119,13 @@ def main(argv):
                      "one of the two.")
   if not _OUTPUT.value:
     raise ValueError("Give --output.")
+  # The files are listed before the network loads: a wrong folder fails at
+  # once.
+  paths = embedding.image_files(_IMAGES.value) if _IMAGES.value else None
   embedder, config, settings, read = _network()
   if _IMAGES.value:
-    embeddings, paths = embedding.embed_folder(embedder, read, _IMAGES.value)
-    arrays = {"embeddings": embeddings, "paths": paths}
+    arrays = {"embeddings": embedding.embed_folder(
+        embedder, read, _IMAGES.value, paths), "paths": np.array(paths)}
   else:
     arrays = embedding.embed_dataset(embedder, config, _DATASET.value)
   np.savez(_OUTPUT.value, settings=np.array(json.dumps(settings)), **arrays)

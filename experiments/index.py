@@ -52,8 +52,9 @@ def embed_items(run: workdir_lib.TrainedRun) -> gallery_lib.Gallery:
           "metric": run.config.metric,
           "embedding_dim": run.config.embedding_dim, "class_names": None}
   if _IMAGES.value:
-    embeddings, paths = embedding.embed_folder(run.embedder, run.read_image,
-                                               _IMAGES.value)
+    paths = embedding.image_files(_IMAGES.value)
+    embeddings = embedding.embed_folder(run.embedder, run.read_image,
+                                        _IMAGES.value, paths)
     return gallery_lib.Gallery(embeddings, np.full(len(paths), -1, np.int64),
                                np.array([f"{_IMAGES.value.rstrip('/')}/{p}"
                                          for p in paths]), info)

@@ -59,6 +59,8 @@ def main(argv):
     raise ValueError("Give the trained run's directory: --workdir.")
   if len(argv) != 3:
     raise ValueError(f"Give two image files, got {len(argv) - 1}.")
+  for path in argv[1:]:  # Before the run loads: a wrong path fails at once.
+    workdir_lib.check_image_file(path)
   run = workdir_lib.restore(_WORKDIR.value)
   if _THRESHOLD.value is not None:
     threshold, source = _THRESHOLD.value, "--threshold"

@@ -4,7 +4,7 @@ batch, so that memory stays bounded whatever their number."""
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -35,16 +35,16 @@ def image_files(folder: str) -> list[str]:
 
 
 def embed_folder(embedder: Embedder, read: Callable[[str], np.ndarray],
-                 folder: str) -> tuple[np.ndarray, np.ndarray]:
-  """``(float32 [N, D] embeddings, str [N] paths relative to folder)`` of
-  the image files under `folder`, each read by `read(path)`."""
-  paths = image_files(folder)
+                 folder: str, paths: Sequence[str]) -> np.ndarray:
+  """``float32 [N, D]``: the embeddings of the image files `paths`
+  (relative to `folder`, e.g. from `image_files`), each read by
+  `read(path)`."""
   out = []
   for start in range(0, len(paths), embedder.batch_size):
     out.append(embedder(np.stack([
         read(os.path.join(folder, p))
         for p in paths[start:start + embedder.batch_size]])))
-  return np.concatenate(out).astype(np.float32), np.array(paths)
+  return np.concatenate(out).astype(np.float32)
 
 
 def embed_dataset(embedder: Embedder, config: config_lib.Config,

@@ -88,6 +88,12 @@ def read_config(workdir: str) -> config_lib.Config:
     return config_lib.Config.from_dict(json.load(f))
 
 
+def check_image_file(path: str) -> None:
+  """Raises FileNotFoundError if there is no file `path`."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No image file {path!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
   """The network of a run's newest checkpoint, ready to embed images.
@@ -124,8 +130,7 @@ class TrainedRun:
       FileNotFoundError: no such file.
       ValueError: the file is not an image Pillow reads.
     """
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"No image file {path!r}.")
+    check_image_file(path)
     height, width, channels = self.image_shape
     try:
       if self.config.is_photo_dataset:
