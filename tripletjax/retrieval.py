@@ -429,15 +429,14 @@ def retrieval_metrics(
           query_hi[rows] - span_lo,
           np.where(own[rows] >= 0, own[rows] - span_lo, -1))
     with phase("sort positives (host)"):
-      span_index = ranker.order[span_lo:span_hi]
-      sorted_positives = _by_rows(
-          lambda x: _sorted_words(x, span_index), positive_keys)
-    del positive_keys
+      sorted_positives = _by_rows(lambda x: np.sort(x, axis=1),
+                                  positive_keys)
     chunk = _Chunk(
         rows=rows, label=query_labels[rows], relevant=num_relevant[rows],
         needed=np.maximum(num_relevant[rows], min_depth), lo=query_lo[rows],
-        hi=query_hi[rows], sorted_positives=sorted_positives,
-        reference_labels=reference_labels)
+        hi=query_hi[rows], positive_keys=positive_keys,
+        span_index=ranker.order[span_lo:span_hi],
+        sorted_positives=sorted_positives, reference_labels=reference_labels)
     if num_r < rank_directly_below:
       full = np.arange(len(rows))
     else:
@@ -532,8 +531,9 @@ def _rank_by_groups(ranker, chunk, part, max_groups, score) -> np.ndarray:
 def _chunks(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray,
             memory_budget: int) -> list[np.ndarray]:
   """`rows` (queries with positives) in blocks of consecutive classes whose
-  positives' keys (``[rows, span]``: 4 bytes each, and their sorted words, 8
-  and 8 while sorting) fit the budget."""
+  positives' keys (``[rows, span]``: 4 bytes each, and 4 of a sorted copy)
+  fit the budget at 20 bytes an entry (blocks of more queries were no
+  faster)."""
   rows = rows[np.argsort(lo[rows], kind="stable")]
   entries = max(1, memory_budget // 20)
   out, start = [], 0
@@ -638,7 +638,7 @@ class _Ranker:
     def enough(k):  # Increasing in k: a binary search finds the first.
       groups = _count_below(group_keys, np.full(n, top), rows, sure[rows, k])
       above = _count_below(chunk.sorted_positives, chunk.relevant, part,
-                           _words(bound[rows, k], 0))
+                           bound[rows, k])
       return (groups + above >= chunk.needed[part]) | np.isneginf(
           maxima[rows, k])
 
@@ -698,8 +698,8 @@ class _Ranker:
       for i in np.array_split(np.arange(len(part)),
                               -(-len(part) // _MAX_ROWS)):
         block, n = part[i], _bucket(len(i))
-        similarity = _similarity_of(_key_of(chunk.sorted_positives[
-            block[:, None], m[i] - 1]))
+        similarity = _similarity_of(chunk.sorted_positives[
+            block[:, None], m[i] - 1])
         upper = _round(similarity + self.tolerance[chunk.rows[block], None],
                        up=True)
         counts.append(np.asarray(_counts_above(
@@ -724,7 +724,7 @@ class _Ranker:
       ``[n]``.
     """
     m = np.maximum(chunk.relevant[part] - 2 ** rung + 1, 1)
-    key = _key_of(chunk.sorted_positives[part, m - 1])
+    key = chunk.sorted_positives[part, m - 1]
     lower = _round(_similarity_of(key) - self.tolerance[chunk.rows[part]],
                    up=False)
     n = _bucket(len(part))
@@ -781,16 +781,18 @@ class _Ranker:
 
 @dataclasses.dataclass(frozen=True)
 class _Chunk:
-  """Queries ranked together (``[n]`` fields) and their positives in rank
-  order (``uint64 [n, S]``, `_sorted_words`: the first ``relevant`` of each
-  row)."""
+  """Queries ranked together (``[n]`` fields) and the keys of their
+  positives (``uint32 [n, S]`` over the span of references their classes
+  cover: `_KEY_MAX` where not a positive)."""
   rows: np.ndarray
   label: np.ndarray
   relevant: np.ndarray
   needed: np.ndarray
   lo: np.ndarray  # The own class's sorted positions [lo, hi).
   hi: np.ndarray
-  sorted_positives: np.ndarray
+  positive_keys: np.ndarray
+  span_index: np.ndarray  # [S], the reference index of each column.
+  sorted_positives: np.ndarray  # Each row's keys, ascending: R positives.
   reference_labels: np.ndarray  # [R], by reference index.
 
 
@@ -818,8 +820,8 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   negative = (index >= 0) & (labels != label[:, None])
   # Past the R-th positive a negative's place is past R: where R places
   # are all that is needed, those negatives need no ranking.
-  last = np.where(needed == relevant, _key_of(chunk.sorted_positives[
-      part, np.maximum(relevant - 1, 0)]), _KEY_MAX)
+  last = np.where(needed == relevant, chunk.sorted_positives[
+      part, np.maximum(relevant - 1, 0)], _KEY_MAX)
   negative &= keys <= last[:, None]
   if bound is not None:
     negative &= keys < bound[:, None]
@@ -829,8 +831,7 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
       negative, count, width, keys, index, dense=bound is None)
   # Each negative's place: 1 + the positives and the negatives before it
   # (at equal keys, the lower reference index first: the words' order).
-  before = _count_below(chunk.sorted_positives, chunk.relevant, part[row],
-                        _words(neg_keys, neg_refs))
+  before = _positives_before(chunk, part[row], neg_keys, neg_refs)
   place = np.full((len(part), width), np.iinfo(np.int64).max)
   place[row, rank] = before + rank + 1
   neg_index = np.zeros((len(part), width), np.int64)
@@ -838,7 +839,7 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   exact = np.ones(len(part), bool)
   if bound is not None:
     known = _count_below(chunk.sorted_positives, chunk.relevant, part,
-                         _words(bound, 0)) + count
+                         bound) + count
     exact = (bound > last) | (known >= needed)
   found = np.arange(width)[None, :] < count[:, None]
   neg_labels = np.where(found, chunk.reference_labels[
@@ -890,13 +891,6 @@ def _key_of(words: np.ndarray) -> np.ndarray:
   return (words >> np.uint64(32)).astype(np.uint32)
 
 
-def _sorted_words(keys: np.ndarray, index: np.ndarray) -> np.ndarray:
-  """`_words` of ``keys [n, S]`` and ``index [S]``, sorted along the rows."""
-  words = _words(keys, index[None, :])
-  words.sort(axis=1)
-  return words
-
-
 def _best(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
   """The `top` largest values of each row of `x` and their columns,
   largest first."""
@@ -920,6 +914,29 @@ def _by_rows(function, *arrays: np.ndarray):
   if isinstance(results[0], tuple):
     return tuple(np.concatenate(r) for r in zip(*results))
   return np.concatenate(results)
+
+
+def _positives_before(chunk: _Chunk, row: np.ndarray, key: np.ndarray,
+                      index: np.ndarray) -> np.ndarray:
+  """For each negative ``(key[i], index[i])`` of query ``chunk.rows[row[i]]``,
+  how many of the query's positives rank before it: a smaller key, or the
+  same key and a smaller reference index.
+
+  The positives' keys are sorted without their indices (half the bytes of
+  sorting both); the rare negatives that tie with a positive look the tied
+  positives' indices up.
+  """
+  before = _count_below(chunk.sorted_positives, chunk.relevant, row, key)
+  width = chunk.sorted_positives.shape[1]
+  tied = np.flatnonzero((before < chunk.relevant[row]) & (
+      chunk.sorted_positives.reshape(-1)[row * width + np.minimum(
+          before, width - 1)] == key))
+  span = len(chunk.span_index)
+  for block in np.array_split(tied, max(1, -(-len(tied) * span // 2**22))):
+    before[block] += np.sum(
+        (chunk.positive_keys[row[block]] == key[block, None]) &
+        (chunk.span_index[None, :] < index[block, None]), axis=1)
+  return before
 
 
 def _count_below(sorted_rows: np.ndarray, length: np.ndarray,
