@@ -30,6 +30,29 @@ class ModelsTest(parameterized.TestCase):
     else:
       self.assertFalse(np.allclose(norms, 1.0))
 
+  @parameterized.product(normalize=(True, False), backbone=(False, True))
+  def test_test_time_flip_is_the_mean_over_each_image_and_its_mirror(
+      self, normalize, backbone):
+    name = "resnet18_small" if backbone else "cnn"
+    model = models.create(name, image_shape=(8, 6, 3), seed=0, widths=(4,),
+                          hidden_dim=8, embedding_dim=5, normalize=normalize)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param,
+                                              nnx.BatchStat)
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 6, 3),
+                                               dtype=np.uint8)
+    mirrored = images[:, :, ::-1]
+    embed = lambda x, flip: np.asarray(models.embed(
+        graphdef, params, batch_stats, x, backbone, flip), np.float64)
+    mean = (embed(images, False) + embed(mirrored, False)) / 2
+    if normalize and not backbone:
+      mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(embed(images, True), mean, atol=1e-6)
+    # An image and its mirror get one embedding; others not.
+    np.testing.assert_allclose(embed(mirrored, True), embed(images, True),
+                               atol=1e-6)
+    self.assertFalse(np.allclose(embed(images[:, ::-1], True),
+                                 embed(images, True), atol=1e-3))
+
   def test_reference_cnn_parameter_count(self):
     model = models.create("cnn", image_shape=(28, 28, 1), seed=0)
     count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

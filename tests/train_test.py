@@ -63,15 +63,22 @@ def test_train_and_evaluate_writes_results(dataset_dirs, tmp_path):
       "training_curves.png"]
 
 
-def test_results_are_test_queries_against_the_train_split(dataset_dirs,
-                                                          tmp_path):
+@pytest.mark.parametrize("test_time_flip", [False, True])
+def test_results_are_test_queries_against_the_train_split(
+    dataset_dirs, tmp_path, test_time_flip):
   """The main job's test metrics, recomputed by brute force from the saved
-  network's embeddings: each test image ranks every train image."""
-  config = tiny_config(dataset_dirs, test_split="test[:200]", knn_ks=(1, 3))
+  network's embeddings: each test image ranks every train image. With the
+  test-time flip, the run embeds an image and its mirror alike, in its
+  evaluation as afterwards."""
+  config = tiny_config(dataset_dirs, test_split="test[:200]", knn_ks=(1, 3),
+                       test_time_flip=test_time_flip)
   results = train.train_and_evaluate(config, str(tmp_path))
   run = workdir.restore(str(tmp_path))
   assert run.step == config.steps
   train_split, test = data.load_splits(config)
+  mirrored = test.images[:, :, ::-1]
+  assert np.allclose(run.embedder(mirrored), run.embedder(test.images),
+                     atol=1e-6) == test_time_flip
   want, lone = reference.retrieval_metrics(
       run.embedder(test.images), test.labels, run.embedder(train_split.images),
       train_split.labels, config.metric, recall_ks=(1, 2, 4, 8),

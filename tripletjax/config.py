@@ -33,7 +33,8 @@ EARLIER_VALUES = {"sampling": "host", "steps_per_call": 1}
 # Settings added since, whose value here changes nothing that came before:
 # at it they are left out of the digest that names a run's workdir, so a
 # run named before they existed keeps its name (and resumes).
-NEUTRAL_VALUES = {"ema_decay": 0.0, "augment_flip": False}
+NEUTRAL_VALUES = {"ema_decay": 0.0, "augment_flip": False,
+                  "test_time_flip": False}
 TUPLE_FIELDS = ("widths", "train_classes", "test_classes", "knn_ks",
                 "few_shot_shots")
 LOSS_NAMES = (*losses.MINING_LOSSES, *losses.SAMPLING_LOSSES, RANDOM_TRIPLETS)
@@ -198,6 +199,12 @@ class Config:
       1000, "Evaluate every this many steps (0: only at the end).")
   eval_batch_size: int = _setting(
       1024, "Images per embedding call in evaluation.")
+  test_time_flip: bool = _setting(
+      False, "Embed each image and its left-right mirror and take the mean "
+      "of the two embeddings (L2-normalised again where the network "
+      "normalises): test-time augmentation for data whose classes are "
+      "mirror-symmetric (clothes, photos), in evaluation and in every use "
+      "of the trained run.")
   knn_ks: tuple[int, ...] = _setting(
       (1, 5), "k of the k-NN (majority vote) accuracies reported.")
   few_shot_ways: int = _setting(

@@ -30,6 +30,18 @@ FUNCTION_FILE = "embed.jax_export"
 SIGNATURE_FILE = "signature.json"
 
 
+def _embed_function(run):
+  """``uint8 [N, H, W, C] -> float32 [N, D]``: `run`'s network as its
+  evaluation embeds (`models.embed`, with the run's test-time flip)."""
+  graphdef, params, batch_stats = run.graphdef, run.params, run.batch_stats
+
+  def embed(images: jax.Array) -> jax.Array:
+    return models.embed(graphdef, params, batch_stats, images,
+                        flip=run.config.test_time_flip)
+
+  return embed
+
+
 def export_embedder(run, platforms: Sequence[str] = ("cpu",)
                     ) -> tuple[bytes, dict[str, Any]]:
   """Serialises `run`'s embedding function.
@@ -42,14 +54,10 @@ def export_embedder(run, platforms: Sequence[str] = ("cpu",)
   Returns:
     ``(the bytes of Exported.serialize(), the signature)``.
   """
-  graphdef, params, batch_stats = run.graphdef, run.params, run.batch_stats
-
-  def embed(images: jax.Array) -> jax.Array:
-    return models.embed(graphdef, params, batch_stats, images)
-
   height, width, channels = run.image_shape
   batch, = jax_export.symbolic_shape("batch")
-  exported = jax_export.export(jax.jit(embed), platforms=tuple(platforms))(
+  exported = jax_export.export(jax.jit(_embed_function(run)),
+                               platforms=tuple(platforms))(
       jax.ShapeDtypeStruct((batch, height, width, channels), jnp.uint8))
   config = run.config
   signature = {
@@ -58,6 +66,7 @@ def export_embedder(run, platforms: Sequence[str] = ("cpu",)
                 "range": [0, 255]},
       "preprocessing": "images / 255, then the input normalisation, inside "
                        "the function",
+      "test_time_flip": config.test_time_flip,
       "input_norm": config.input_norm,
       "input_norm_mean_std": models.INPUT_NORMS[config.input_norm],
       "output": {"shape": [None, config.embedding_dim], "dtype": "float32",
@@ -80,15 +89,10 @@ def save_tf_saved_model(run, path: str) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
 
-  graphdef, params, batch_stats = run.graphdef, run.params, run.batch_stats
   height, width, channels = run.image_shape
-
-  def embed(images: jax.Array) -> jax.Array:
-    return models.embed(graphdef, params, batch_stats, images)
-
   module = tf.Module()
   converted = jax2tf.convert(
-      embed, with_gradient=False,
+      _embed_function(run), with_gradient=False,
       polymorphic_shapes=[f"(batch, {height}, {width}, {channels})"])
   module.serve = tf.function(
       lambda images: {"embeddings": converted(images)},

@@ -422,7 +422,8 @@ def train_and_evaluate(
     host = jax.device_get(devices.host_state(state))
     embedder = evaluation.Embedder(
         graphdef, network_params(host, config), host.batch_stats,
-        config.eval_batch_size, image_shape[0])
+        config.eval_batch_size, image_shape[0],
+        flip=config.test_time_flip)
     return (embedder,
             *evaluation.evaluate_network(embedder, train, test, config))
 

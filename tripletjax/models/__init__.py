@@ -21,6 +21,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from tripletjax import distances
 from tripletjax.models.cnn import CNN
 from tripletjax.models.cnn import MLP
 from tripletjax.models.cnn import NORMS
@@ -74,9 +75,10 @@ class Network(nnx.Module):
     return self.network.backbone(self.normalize_input(x))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
 def embed(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,
-          images: jax.Array, backbone: bool = False) -> jax.Array:
+          images: jax.Array, backbone: bool = False,
+          flip: bool = False) -> jax.Array:
   """``uint8 [B, H, W, C]`` images to ``[B, D]`` embeddings, in evaluation
   mode (batch norm with its running averages).
 
@@ -87,11 +89,18 @@ def embed(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,
     batch_stats: its batch statistics (empty for networks without).
     images: ``uint8 [B, H, W, C]``.
     backbone: a ResNet's pooled features instead (``[B, features]``).
+    flip: the mean over each image and its left-right mirror (test-time
+      augmentation), L2-normalised where the network's embeddings are.
   """
   model = nnx.merge(graphdef, params, batch_stats)
   model.eval()
+  network = model.backbone if backbone else model
   x = preprocess(images)
-  return model.backbone(x) if backbone else model(x)
+  if not flip:
+    return network(x)
+  mean = (network(x) + network(jnp.flip(x, axis=2))) / 2
+  normalized = not backbone and model.network.normalize
+  return distances.l2_normalize(mean) if normalized else mean
 
 
 def create(name: str, *, image_shape: tuple[int, int, int], seed: int,
