@@ -14,6 +14,7 @@ from tests import reference
 from tripletjax import checkpointing
 from tripletjax import config as config_lib
 from tripletjax import data
+from tripletjax import export
 from tripletjax import sampling
 from tripletjax import train
 from tripletjax import workdir
@@ -79,6 +80,10 @@ def test_results_are_test_queries_against_the_train_split(
   mirrored = test.images[:, :, ::-1]
   assert np.allclose(run.embedder(mirrored), run.embedder(test.images),
                      atol=1e-6) == test_time_flip
+  if test_time_flip:  # The exported function embeds as the run does.
+    exported = jax.export.deserialize(export.export_embedder(run)[0])
+    np.testing.assert_allclose(exported.call(test.images[:8]),
+                               run.embedder(test.images[:8]), atol=1e-6)
   want, lone = reference.retrieval_metrics(
       run.embedder(test.images), test.labels, run.embedder(train_split.images),
       train_split.labels, config.metric, recall_ks=(1, 2, 4, 8),
