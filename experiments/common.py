@@ -22,6 +22,7 @@ from absl import logging
 import numpy as np
 
 from tripletjax import config as config_lib
+from tripletjax import data
 from tripletjax import xla_cpu
 
 def define_trained_run_flag() -> flags.FlagHolder:
@@ -153,7 +154,8 @@ def run(main: Callable[[list[str]], Any], *,
       if len(argv) > 1 and not positional_args:
         raise ValueError(f"Unexpected arguments: {' '.join(argv[1:])}.")
       return main(argv)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError,
+            data.DatasetUnavailableError) as e:
       print(f"Error: {e}", file=sys.stderr)
       sys.exit(2)
   app.run(guarded)
@@ -173,10 +175,8 @@ def retrieval_embeddings(num_q, num_r, dim, classes, noise, workdir, seed=0,
   trained run's test split against its train split, or synthetic ones
   (`collapsed`: every class around one centre, as the embedding of a
   collapsed network, whose similarities tie in float32)."""
-  # pylint: disable=g-import-not-at-top
-  from tripletjax import data
+  # pylint: disable-next=g-import-not-at-top
   from tripletjax import workdir as workdir_lib
-  # pylint: enable=g-import-not-at-top
   if workdir:
     run = workdir_lib.restore(workdir)
     train_split, test = data.load_splits(run.config)

@@ -87,6 +87,15 @@ def test_missing_file_is_named_with_where_it_was_looked_for(
               manual_dir=str(manual))
 
 
+def test_empty_manual_dir_is_one_line_naming_the_files(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(data.DatasetUnavailableError,
+                     match="'omniglot_lake'.*images_background.zip") as e:
+    data.load("omniglot_lake", "train", data_dir=str(tmp_path / "tfds"),
+              manual_dir=str(tmp_path / "empty"))
+  assert "\n" not in str(e.value)
+
+
 def test_unknown_dataset_and_split(dataset_dirs):
   with pytest.raises(ValueError, match="no_such_dataset"):
     data.load("no_such_dataset", "train", **dataset_dirs)

@@ -237,6 +237,11 @@ def test_bad_input_of_the_run_scripts(trained_run, tmp_path):
        "No image file"),
       ("experiments.verify", [f"--workdir={trained_run}", "a.png"],
        "two image files"),
+      ("experiments.train", ["--dataset=omniglot_lake",
+                             f"--data_dir={tmp_path / 'tfds'}",
+                             f"--manual_dir={tmp_path / 'empty'}",
+                             f"--workdir={tmp_path / 'w'}"],
+       "Could not download or prepare dataset 'omniglot_lake'"),
   ):
     result = run_script(module, *flags)
     assert result.returncode == 2, (module, result.stderr[-2000:])

@@ -10,6 +10,7 @@
 from tripletjax.data.run_splits import input_shape
 from tripletjax.data.run_splits import load_splits
 from tripletjax.data.split import Split
+from tripletjax.data.tfds_loader import DatasetUnavailableError
 from tripletjax.data.tfds_loader import load
 from tripletjax.data.tfds_loader import load_features
 from tripletjax.data.tfds_loader import MANUAL_DIR_ENV
@@ -17,6 +18,7 @@ from tripletjax.data.tfds_loader import prepare
 from tripletjax.data.tfds_loader import resolve_manual_dir
 
 __all__ = [
+    "DatasetUnavailableError",
     "MANUAL_DIR_ENV",
     "Split",
     "input_shape",

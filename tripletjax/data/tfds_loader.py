@@ -35,6 +35,11 @@ MANUAL_DIR_ENV = "TRIPLETJAX_MANUAL_DIR"
 CACHE_VERSION = 1  # Bump when what an entry holds changes.
 
 
+class DatasetUnavailableError(RuntimeError):
+  """A dataset could be neither downloaded nor prepared from a manual
+  directory."""
+
+
 def resolve_manual_dir(name: str, manual_dir: str | None) -> str | None:
   """The manual directory for dataset `name`: ``<dir>/<name>`` if it exists."""
   manual_dir = manual_dir or os.environ.get(MANUAL_DIR_ENV) or None
@@ -78,8 +83,8 @@ def prepare(name: str, *, data_dir: str | None = None,
   Raises:
     FileNotFoundError: `manual_dir` lacks a file the dataset needs; the
       message lists the files and where they were looked for.
-    RuntimeError: the download failed (typically: no network and no
-      manual directory).
+    DatasetUnavailableError: the download failed (typically: no network
+      and no manual directory).
   """
   builder = _builder(name, data_dir)
   if builder.is_prepared():
@@ -124,9 +129,11 @@ def _download_and_prepare(builder, name: str, manual_dir: str | None) -> None:
   except FileNotFoundError:
     raise
   except Exception as e:  # Network errors come in many types.
-    raise RuntimeError(
+    # One line: TensorFlow Datasets' messages run over several (for a
+    # missing manual directory, the files to put there).
+    raise DatasetUnavailableError(
         f"Could not download or prepare dataset {name!r} ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}). Offline, pass a manual "
+        f"{' '.join(str(e).split())}). Offline, pass a manual "
         f"directory holding its original download files (--manual_dir or "
         f"${MANUAL_DIR_ENV}).") from e
 
