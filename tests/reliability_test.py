@@ -251,6 +251,12 @@ def test_collapse_and_stall_are_reported_by_the_loop(dataset_dirs, tmp_path,
 def test_config_change_needs_the_override(dataset_dirs, tmp_path):
   config = train_test.tiny_config(dataset_dirs, steps=4, checkpoint_every=0)
   train.train_and_evaluate(config, str(tmp_path))
+  # The data read from elsewhere (here: the same folders spelt otherwise)
+  # is the same run.
+  moved = config.replace(data_dir=config.data_dir + "/",
+                         manual_dir=config.manual_dir + "/")
+  assert train.train_and_evaluate(moved, str(tmp_path))[
+      "steps_this_run"] == 0
   changed = config.replace(steps=8)
   with pytest.raises(ValueError, match="steps: 4 -> 8.*allow_config_change"):
     train.train_and_evaluate(changed, str(tmp_path))

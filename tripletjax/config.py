@@ -35,6 +35,9 @@ EARLIER_VALUES = {"sampling": "host", "steps_per_call": 1}
 # run named before they existed keeps its name (and resumes).
 NEUTRAL_VALUES = {"ema_decay": 0.0, "augment_flip": False,
                   "test_time_flip": False}
+# Where the data is read from, not what the run is: a run resumes with them
+# changed (its data moved, or a path spelt another way).
+LOCATION_FIELDS = ("data_dir", "manual_dir")
 TUPLE_FIELDS = ("widths", "train_classes", "test_classes", "knn_ks",
                 "few_shot_shots")
 LOSS_NAMES = (*losses.MINING_LOSSES, *losses.SAMPLING_LOSSES, RANDOM_TRIPLETS)

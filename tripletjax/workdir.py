@@ -31,7 +31,8 @@ INPUTS_FILE = "inputs.json"
 
 def prepare(workdir: str, config: config_lib.Config, *,
             allow_config_change: bool = False) -> None:
-  """Creates `workdir` and records `config`; refuses a different one.
+  """Creates `workdir` and records `config`; refuses a different one (where
+  the data is read from, `config_lib.LOCATION_FIELDS`, aside).
 
   Raises:
     ValueError: `workdir` cannot be created or written, or holds a run with
@@ -52,7 +53,8 @@ def prepare(workdir: str, config: config_lib.Config, *,
                **config_lib.EARLIER_VALUES, **json.load(f)}
     current = json.loads(config.to_json())
     changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k))
+                     if saved.get(k) != current.get(k)
+                     and k not in config_lib.LOCATION_FIELDS)
     if not changed:
       return
     details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
