@@ -6,7 +6,9 @@ import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import numpy as np
 
+from tripletjax import checkpointing
 from tripletjax import config as config_lib
 from tripletjax import workdir
 
@@ -68,10 +70,29 @@ class ValidateTest(parameterized.TestCase):
     del recorded["sampling"], recorded["steps_per_call"]
     with open(os.path.join(run, workdir.CONFIG_FILE), "w") as f:
       json.dump(recorded, f)
+    _save_a_checkpoint(run)
     with self.assertRaisesRegex(ValueError, r"sampling: 'host' -> 'auto'.*"
                                 r"steps_per_call: 1 -> 0"):
       workdir.prepare(run, config_lib.Config())
     workdir.prepare(run, config_lib.Config(sampling="host", steps_per_call=1))
+
+  def test_settings_without_a_checkpoint_are_replaced(self):
+    # A run that stopped before its first checkpoint (its data failed to
+    # load, say) has nothing to resume: the corrected settings are taken.
+    run = tempfile.mkdtemp()
+    workdir.prepare(run, config_lib.Config(steps=5))
+    workdir.prepare(run, config_lib.Config(steps=6))
+    self.assertEqual(workdir.read_config(run).steps, 6)
+    _save_a_checkpoint(run)
+    with self.assertRaisesRegex(ValueError, "steps: 6 -> 7"):
+      workdir.prepare(run, config_lib.Config(steps=7))
+
+
+def _save_a_checkpoint(run):
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(run, workdir.CHECKPOINTS_DIR), keep=1)
+  checkpointer.save(0, {"x": np.zeros(2)})
+  checkpointer.close()
 
 
 if __name__ == "__main__":

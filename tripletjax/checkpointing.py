@@ -84,6 +84,19 @@ class Checkpointer:
     self._manager.close()
 
 
+def saved_steps(directory: str) -> list[int]:
+  """The steps of the finalised checkpoints in `directory` (none if there is
+  no such directory), ascending."""
+  if not os.path.isdir(directory):
+    return []
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
+
+
 def _restore(directory: str, step: int, like: Any) -> Any:
   """Restores the part of checkpoint `step` that `like` describes (as NumPy
   arrays), through Orbax's partial restore."""

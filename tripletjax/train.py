@@ -383,7 +383,8 @@ def train_and_evaluate(
   # the processes line up first.)
   parallel.barrier("tripletjax: state ready")
   checkpointer = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+      os.path.join(workdir, workdir_lib.CHECKPOINTS_DIR),
+      keep=config.keep_checkpoints)
   restored = checkpointer.restore_latest(devices.host_state(state))
   if restored is not None:
     state = devices.place_state(restored[1])

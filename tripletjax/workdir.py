@@ -26,13 +26,15 @@ from tripletjax.data import images as images_lib
 from tripletjax.evaluation import Embedder
 
 CONFIG_FILE = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
 INPUTS_FILE = "inputs.json"
 
 
 def prepare(workdir: str, config: config_lib.Config, *,
             allow_config_change: bool = False) -> None:
   """Creates `workdir` and records `config`; refuses a different one (where
-  the data is read from, `config_lib.LOCATION_FIELDS`, aside).
+  the data is read from, `config_lib.LOCATION_FIELDS`, aside) if the run has
+  a checkpoint to resume.
 
   Raises:
     ValueError: `workdir` cannot be created or written, or holds a run with
@@ -59,12 +61,19 @@ def prepare(workdir: str, config: config_lib.Config, *,
       return
     details = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
                         for k in changed)
-    if not allow_config_change:
+    if not checkpointing.saved_steps(os.path.join(workdir, CHECKPOINTS_DIR)):
+      # A run that stopped before its first checkpoint (its data failed to
+      # load, say): nothing to resume, so the corrected settings replace it.
+      logging.warning("%s holds settings but no checkpoint: recording the "
+                      "new settings (%s).", workdir, details)
+    elif not allow_config_change:
       raise ValueError(
           f"workdir {workdir!r} holds a run with different settings "
           f"({details}). Use another workdir, or allow the change "
           "(--allow_config_change) to resume with the new settings.")
-    logging.warning("Resuming %s with changed settings: %s.", workdir, details)
+    else:
+      logging.warning("Resuming %s with changed settings: %s.", workdir,
+                      details)
   if jax.process_index() == 0:
     with open(path, "w", encoding="utf-8") as f:
       f.write(config.to_json())
@@ -170,7 +179,7 @@ def restore(workdir: str) -> TrainedRun:
   # The moving average of the weights, where the run keeps one.
   entry = "ema_params" if config.ema_decay else "params"
   step, restored = checkpointing.restore_entries(
-      os.path.join(workdir, "checkpoints"),
+      os.path.join(workdir, CHECKPOINTS_DIR),
       {entry: params, "batch_stats": batch_stats})
   return TrainedRun(workdir=workdir, config=config, step=step,
                     image_shape=image_shape, graphdef=graphdef,
