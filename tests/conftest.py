@@ -45,21 +45,6 @@ MANUAL_DIR = os.environ.get(data.MANUAL_DIR_ENV) or str(
 DATA_DIR = str(REPO / ".tfds")
 
 
-# The files that take longest, longest first (docs/performance.md, "The test
-# suite"). With `--dist loadfile` the two workers take files in the order of
-# collection (pytest.ini turns off xdist's own order, by number of tests), so
-# the short files come last and the workers finish together. The first,
-# losses_test, needs no prepared data: the other worker prepares it meanwhile.
-LONGEST_FILES = ("losses_test.py", "scripts_test.py", "reliability_test.py",
-                 "train_test.py", "parallel_test.py", "studies_test.py",
-                 "models_test.py", "photos_test.py", "data_test.py")
-
-
-def pytest_collection_modifyitems(items):
-  place = {name: i for i, name in enumerate(LONGEST_FILES)}
-  items.sort(key=lambda item: place.get(item.path.name, len(place)))
-
-
 @pytest.fixture(scope="session")
 def dataset_dirs():
   """``dict(data_dir=..., manual_dir=...)`` with MNIST prepared."""
