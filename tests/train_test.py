@@ -93,6 +93,19 @@ def test_results_are_test_queries_against_the_train_split(
     assert results[f"test_{name}"] == pytest.approx(value, abs=1e-6), name
 
 
+def test_test_time_flip_changes_only_the_evaluation(dataset_dirs, tmp_path):
+  # Evaluations during training embed with it; the trained weights are
+  # those of the run without it, bit for bit.
+  config = tiny_config(dataset_dirs, steps=6, eval_every=3)
+  for flip in (False, True):
+    train.train_and_evaluate(config.replace(test_time_flip=flip),
+                             str(tmp_path / str(flip)))
+  plain, flipped = (saved_params(config, str(tmp_path / str(flip)))
+                    for flip in (False, True))
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(flipped)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_held_out_classes_are_evaluated_as_unseen(dataset_dirs, tmp_path):
   config = tiny_config(dataset_dirs, train_classes=(0, 1, 2, 3, 4),
                        few_shot_episodes=20, few_shot_shots=(1, 3))
