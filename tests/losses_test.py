@@ -78,18 +78,24 @@ BRUTE_FORCE_CASES = tuple(
     or (case[0] == "exact_ties" and metric == "squared_euclidean"))
 
 
+def padded_batch(seed, case, batch=16, dim=8):
+  """`random_batch(seed, **case[1])` and the same embeddings in a `[batch,
+  dim]` batch: zero columns appended (no distance changes) and padding rows
+  (label -1, random embeddings) after the case's rows, so that every case
+  runs through one compiled program."""
+  x, labels = random_batch(seed, **case[1])
+  rng = np.random.default_rng(seed + 100)
+  padded = rng.normal(size=(batch, dim)).astype(np.float32)
+  padded[:len(x)] = np.pad(x, ((0, 0), (0, dim - x.shape[1])))
+  return x, labels, padded, np.pad(labels, (0, batch - len(labels)),
+                                   constant_values=-1)
+
+
 class MiningLossTest(parameterized.TestCase):
 
   def _check_against_reference(self, name, x, labels, margin, metric,
                                dist_ref):
     loss, metrics = jitted_loss(name)(x, labels, margin=margin, metric=metric)
-    # Both sorts give the same numbers, in every case; in one metric (each
-    # sort compiles anew per metric and case, and sorts what it is given).
-    if name in SORTING_LOSSES and metric == "euclidean":
-      for implementation in ("numpy", "xla"):
-        other, _ = jitted_loss(name, implementation)(
-            x, labels, margin=margin, metric=metric)
-        np.testing.assert_array_equal(other, loss, err_msg=implementation)
     want, num_triplets, num_active = REFERENCES[name](dist_ref, labels, margin)
     np.testing.assert_allclose(loss, want, rtol=2e-4, atol=2e-5)
     self.assertEqual(int(metrics["num_triplets"]), num_triplets)
@@ -110,6 +116,22 @@ class MiningLossTest(parameterized.TestCase):
       for margin in (0.0, 0.2, 1.0):
         with self.subTest(seed=seed, margin=margin):
           self._check_against_reference(name, x, labels, margin, metric, dist)
+
+  @parameterized.parameters(*SORTING_LOSSES)
+  def test_both_sorts_give_the_same_numbers(self, name):
+    """In every case (padded to one shape: each sort compiles once, and
+    sorts what it is given whatever the metric)."""
+    for case in CASES:
+      for seed in range(3):
+        _, _, x, labels = padded_batch(seed, case)
+        for margin in (0.0, 0.2, 1.0):
+          loss, _ = jitted_loss(name)(x, labels, margin=margin,
+                                      metric="euclidean")
+          for implementation in ("numpy", "xla"):
+            other, _ = jitted_loss(name, implementation)(
+                x, labels, margin=margin, metric="euclidean")
+            np.testing.assert_array_equal(
+                other, loss, err_msg=f"{implementation} {case[0]} {seed}")
 
   @parameterized.product(name=tuple(REFERENCES), metric=METRICS)
   def test_duplicated_images_against_float64(self, name, metric):
@@ -157,26 +179,30 @@ class MiningLossTest(parameterized.TestCase):
     loss, _ = losses.MINING_LOSSES[name](x, labels, margin=1.0)
     np.testing.assert_allclose(loss, want, rtol=1e-6)
 
-  @parameterized.product(strategies=STRATEGY_PAIRS, case=CASES)
-  def test_easy_hard_strategies_match_brute_force(self, strategies, case):
+  @parameterized.parameters(*STRATEGY_PAIRS)
+  def test_easy_hard_strategies_match_brute_force(self, positive, negative):
     """Every strategy pair in the Euclidean metric (the metrics' handling is
     shared with every miner, and tested through easy_positive_semihard in
-    `test_matches_brute_force`)."""
-    positive, negative = strategies
+    `test_matches_brute_force`), every case padded to one shape (one
+    compilation per pair; the cases' own shapes are
+    `test_matches_brute_force`'s)."""
     metric = "euclidean"
     loss_fn = jax.jit(functools.partial(
         losses.batch_easy_hard_triplet_loss, positive=positive,
         negative=negative, metric=metric))
-    for seed in range(2):
-      x, labels = random_batch(seed, **case[1])
-      dist = reference.pairwise_distances(x, metric)
-      for margin in (0.0, 0.5):
-        loss, metrics = loss_fn(x, labels, margin=margin)
-        want, num_anchors, num_active = reference.easy_hard(
-            dist, labels, margin, positive, negative)
-        np.testing.assert_allclose(loss, want, rtol=2e-4, atol=2e-5)
-        self.assertEqual(int(metrics["num_triplets"]), num_anchors)
-        self.assertEqual(int(metrics["num_active_triplets"]), num_active)
+    for case in CASES:
+      for seed in range(2):
+        x, labels, padded, padded_labels = padded_batch(seed, case)
+        dist = reference.pairwise_distances(x, metric)
+        for margin in (0.0, 0.5):
+          with self.subTest(case=case[0], seed=seed, margin=margin):
+            loss, metrics = loss_fn(padded, padded_labels, margin=margin)
+            want, num_anchors, num_active = reference.easy_hard(
+                dist, labels, margin, positive, negative)
+            np.testing.assert_allclose(loss, want, rtol=2e-4, atol=2e-5)
+            self.assertEqual(int(metrics["num_triplets"]), num_anchors)
+            self.assertEqual(int(metrics["num_active_triplets"]),
+                             num_active)
 
   def test_easy_hard_hard_is_batch_hard_and_bad_strategies_are_refused(self):
     x, labels = random_batch(7, batch=16, dim=4, classes=4, padding=2)
@@ -215,29 +241,30 @@ class MiningLossTest(parameterized.TestCase):
                                 (x.astype(np.float64),), order=1,
                                 modes=("rev",), eps=1e-5, atol=1e-5, rtol=1e-4)
 
-  @parameterized.product(name=tuple(REFERENCES), metric=METRICS,
-                         value=(0.0, 1.0))
-  def test_finite_gradients_when_embeddings_coincide(self, name, metric,
-                                                     value):
-    x = jnp.full((8, 4), value)
+  @parameterized.product(name=tuple(REFERENCES), metric=METRICS)
+  def test_finite_gradients_when_embeddings_coincide(self, name, metric):
     labels = jnp.array([0, 0, 1, 1, 2, 2, 0, 1])
-    grad = jax.jit(jax.grad(lambda e: losses.MINING_LOSSES[name](
-        e, labels, margin=0.2, metric=metric)[0]))(x)
-    self.assertTrue(np.all(np.isfinite(grad)))
+    grad_fn = jax.jit(jax.grad(lambda e: losses.MINING_LOSSES[name](
+        e, labels, margin=0.2, metric=metric)[0]))
+    for value in (0.0, 1.0):
+      grad = grad_fn(jnp.full((8, 4), value))
+      self.assertTrue(np.all(np.isfinite(grad)), value)
 
-  @parameterized.product(
-      name=tuple(REFERENCES),
-      labels=((0, 0, 0, 0), (0, 1, 2, 3), (-1, -1, -1, -1), (0, -1, 1, -1)))
-  def test_no_valid_triplet_gives_zero_loss_and_gradient(self, name, labels):
+  @parameterized.parameters(*REFERENCES)
+  def test_no_valid_triplet_gives_zero_loss_and_gradient(self, name):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)), jnp.float32)
-    (loss, metrics), grad = jax.jit(jax.value_and_grad(
-        lambda e: losses.MINING_LOSSES[name](e, jnp.array(labels), margin=0.2),
-        has_aux=True))(x)
-    self.assertEqual(float(loss), 0.0)
-    self.assertEqual(float(metrics["num_triplets"]), 0.0)
-    np.testing.assert_array_equal(grad, np.zeros_like(grad))
-    for key, value in metrics.items():
-      self.assertTrue(np.isfinite(value), key)
+    loss_and_grad = jax.jit(jax.value_and_grad(
+        lambda e, y: losses.MINING_LOSSES[name](e, y, margin=0.2),
+        has_aux=True))
+    for labels in ((0, 0, 0, 0), (0, 1, 2, 3), (-1, -1, -1, -1),
+                   (0, -1, 1, -1)):
+      with self.subTest(labels=labels):
+        (loss, metrics), grad = loss_and_grad(x, jnp.array(labels))
+        self.assertEqual(float(loss), 0.0)
+        self.assertEqual(float(metrics["num_triplets"]), 0.0)
+        np.testing.assert_array_equal(grad, np.zeros_like(grad))
+        for key, value in metrics.items():
+          self.assertTrue(np.isfinite(value), key)
 
   @parameterized.parameters(*REFERENCES)
   def test_vmap_over_batches_equals_each_batch(self, name):
@@ -353,10 +380,6 @@ class TripletMarginLossTest(parameterized.TestCase):
       losses.triplet_margin_loss(x[:0], x[:0], x[:0], margin=0.1)
 
 
-if __name__ == "__main__":
-  absltest.main()
-
-
 class DistanceWeightedTest(parameterized.TestCase):
   """Distance-weighted sampling: the draw's distribution against the
   formula, the loss exactly given the drawn negatives."""
@@ -430,3 +453,7 @@ class DistanceWeightedTest(parameterized.TestCase):
       self.assertEqual(float(loss), 0.0)
       self.assertEqual(float(metrics["num_triplets"]), 0.0)
       np.testing.assert_array_equal(grad, np.zeros_like(grad))
+
+
+if __name__ == "__main__":
+  absltest.main()
