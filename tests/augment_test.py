@@ -113,6 +113,57 @@ def test_flips_leave_the_other_draws_alone():
     config_lib.validate(config_lib.Config(augment="photo", augment_flip=True))
 
 
+def test_erasing_replaces_one_rectangle_by_noise():
+  """--augment_erase: each image is the augmentation as before, or it with
+  one axis-aligned rectangle of the drawn size replaced by noise in [0, 1];
+  about the given fraction are erased; rows of a global batch draw as in
+  the whole batch; the draws of the other augmentations are unchanged."""
+  images = jnp.full((400, 10, 12, 2), 2.0)  # Outside the noise's range.
+  key = jax.random.key(3)
+  got = np.asarray(augment.random_erasing(images, key, 0.3))
+  changed = got != 2.0
+  erased = changed.any(axis=(1, 2, 3))
+  assert 84 <= erased.sum() <= 156  # Binomial(400, 0.3): +-4 sd.
+  fractions, aspects = [], []
+  for image, mask in zip(got[erased], changed[erased]):
+    rows, cols = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(
+        mask.any(axis=(0, 2)))
+    box = np.zeros_like(mask)
+    box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+    np.testing.assert_array_equal(mask, box)  # One whole rectangle.
+    assert np.all((image[box] >= 0) & (image[box] < 1))
+    height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    fractions.append(height * width / 120)
+    aspects.append(height / width)
+  # Whole pixels: the area within half a pixel per side of 2-40 %, and the
+  # sides cut to the image.
+  assert min(fractions) >= 0.02 * 0.5 and max(fractions) <= 0.4 * 1.6
+  assert np.median(fractions) > 0.1 and min(aspects) < 0.5 < 2 < max(aspects)
+  noise = got[erased][changed[erased]]
+  assert 0.45 < noise.mean() < 0.55 and len(np.unique(noise)) > 0.9 * len(
+      noise)
+  part = augment.random_erasing(images[40:48], key, 0.3, first_row=40,
+                                batch_size=400)
+  np.testing.assert_array_equal(part, got[40:48])
+  # After shifts and flips: the same shifted and flipped pixels outside the
+  # rectangle, and global rows again.
+  digits = config_lib.Config(augment_shift=1, augment_flip=True)
+  varied = jax.random.uniform(jax.random.key(4), (64, 8, 8, 1)) + 2.0
+  before = np.asarray(augment.apply(varied, key, digits))
+  erasing = digits.replace(augment_erase=1.0)
+  after = np.asarray(augment.apply(varied, key, erasing))
+  kept = after >= 2.0
+  np.testing.assert_array_equal(after[kept], before[kept])
+  assert not kept.all(axis=(1, 2, 3)).any()  # Probability 1: all erased.
+  np.testing.assert_array_equal(
+      augment.apply(varied[8:16], key, erasing, first_row=8, batch_size=64),
+      after[8:16])
+  for bad in (dict(augment_erase=1.5), dict(augment_erase=0.5,
+                                            augment="none")):
+    with pytest.raises(ValueError, match="augment_erase"):
+      config_lib.validate(config_lib.Config(**bad))
+
+
 def test_whole_image_crop_is_the_identity_or_its_mirror():
   images = jax.random.uniform(jax.random.key(7), (6, 9, 9, 2))
   same = augment.random_resized_crop(images, jax.random.key(8), 9,

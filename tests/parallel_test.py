@@ -110,12 +110,14 @@ STEP_SCRIPT = f"STEP_LOSSES = {STEP_LOSSES!r}\n" + textwrap.dedent("""
     # Augmentation draws depend on (seed, step, row of the global batch),
     # not on the device a row lands on.
     for name, changes in (("shifts", {}),
-                          ("affine", dict(augment_rotation=20.0,
-                                          augment_scale=0.2))):
+                          ("affine and erasing", dict(augment_rotation=20.0,
+                                                      augment_scale=0.2,
+                                                      augment_erase=0.5))):
       config = config_lib.Config(loss="batch_all", margin=0.3, **changes)
       loss, params = run(config, "one")
       unaugmented, _ = run(config.replace(augment_shift=0, augment_rotation=0.0,
-                                          augment_scale=0.0), "one")
+                                          augment_scale=0.0, augment_erase=0.0),
+                           "one")
       assert not np.isclose(loss, unaugmented, rtol=1e-3), name
       for how in ("jit", "pmap"):
         other_loss, other_params = run(config, how)

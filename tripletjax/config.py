@@ -34,7 +34,7 @@ EARLIER_VALUES = {"sampling": "host", "steps_per_call": 1}
 # at it they are left out of the digest that names a run's workdir, so a
 # run named before they existed keeps its name (and resumes).
 NEUTRAL_VALUES = {"ema_decay": 0.0, "augment_flip": False,
-                  "test_time_flip": False}
+                  "test_time_flip": False, "augment_erase": 0.0}
 # Where the data is read from, not what the run is: a run resumes with them
 # changed (its data moved, or a path spelt another way).
 LOCATION_FIELDS = ("data_dir", "manual_dir")
@@ -174,6 +174,11 @@ class Config:
   augment_color: float = _setting(
       0.0, "Photo augmentation: brightness, contrast and saturation each "
       "scaled by a random factor in [1 - s, 1 + s].")
+  augment_erase: float = _setting(
+      0.0, "Random erasing (Zhong et al.), after the digits or photo "
+      "augmentation: with this probability a rectangle of 2-40 % of a "
+      "training image's area (height / width 0.3-3.3) becomes uniform noise "
+      "(0: none).")
   seed: int = _setting(
       0, "Seed of initialisation, sampling and augmentation.")
   # Devices.
@@ -385,6 +390,10 @@ def validate(config: Config) -> Config:
            f"augment={c.augmentation!r} (photo flips already).")
   _require(0 <= c.augment_color < 1,
            f"augment_color must be in [0, 1), got {c.augment_color!r}.")
+  _require(0 <= c.augment_erase <= 1 and (
+      not c.augment_erase or c.augmentation != "none"),
+           f"augment_erase must be in [0, 1] and needs an augmentation, got "
+           f"{c.augment_erase!r} with augment={c.augmentation!r}.")
   _require(c.margin > 0 or (c.margin == 0 and c.loss == "batch_hard_soft"),
            f"margin must be > 0 (0 is allowed for batch_hard_soft), got "
            f"{c.margin!r}.")

@@ -8,7 +8,9 @@ families (`apply` picks the configured one):
   and optionally horizontal flips, at the images' own size;
 * photo: a random resized crop (area 16-100 % of the image, aspect ratio
   3/4-4/3) to the network's input size, a horizontal flip, and optionally
-  colour jitter, as in the metric-learning benchmarks' training recipes.
+  colour jitter, as in the metric-learning benchmarks' training recipes;
+
+and, after either, optionally random erasing of a rectangle.
 
 An image's draw depends on the key and on its row in the global batch, not
 on the device the row is on: a device holding rows ``first_row ..
@@ -234,6 +236,61 @@ def random_resized_crop(images: jax.Array, key: jax.Array, size: int, *,
   return jax.vmap(crop)(images, top, left, crop_h, crop_w, flips)
 
 
+def random_erasing(images: jax.Array, key: jax.Array, probability: float,
+                   *, scale: tuple[float, float] = (0.02, 0.4),
+                   ratio: tuple[float, float] = (0.3, 1 / 0.3),
+                   first_row: int | jax.Array = 0,
+                   batch_size: int | None = None) -> jax.Array:
+  """Random erasing (Zhong et al., AAAI 2020): with probability
+  `probability` a rectangle of each image is replaced by uniform noise.
+
+  The rectangle's area is uniform in `scale` times the image's, its aspect
+  ratio (height / width) log-uniform in `ratio`, its sides rounded to whole
+  pixels and cut to the image's; its place is uniform among those inside
+  the image (the paper draws again until one fits; cutting keeps the draw
+  one step on the device).
+
+  Args:
+    images: ``[B, H, W, C]`` float in [0, 1].
+    key: PRNG key.
+    probability: the chance that an image is erased.
+    scale, ratio: ranges of the rectangle's area fraction and aspect ratio.
+    first_row, batch_size: see the module doc.
+
+  Returns:
+    ``[B, H, W, C]``.
+  """
+  b, h, w, c = images.shape
+  n = batch_size or b
+  keys = jax.random.split(key, 6)
+  area = jax.random.uniform(keys[0], (n,), minval=scale[0],
+                            maxval=scale[1]) * h * w
+  aspect = jnp.exp(jax.random.uniform(
+      keys[1], (n,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])))
+  erase_h = jnp.clip(jnp.round(jnp.sqrt(area * aspect)), 1, h).astype(
+      jnp.int32)
+  erase_w = jnp.clip(jnp.round(jnp.sqrt(area / aspect)), 1, w).astype(
+      jnp.int32)
+  top = jax.random.randint(keys[2], (n,), 0, h - erase_h + 1)
+  left = jax.random.randint(keys[3], (n,), 0, w - erase_w + 1)
+  erased = jax.random.bernoulli(keys[4], probability, (n,))
+  top, left, erase_h, erase_w, erased = (
+      _own_rows(v, first_row, b) for v in (top, left, erase_h, erase_w,
+                                           erased))
+  # The noise per image from its global row: no [global batch, H, W, C]
+  # draw for large photos.
+  noise = jax.vmap(lambda row: jax.random.uniform(
+      jax.random.fold_in(keys[5], row), (h, w, c), images.dtype))(
+          first_row + jnp.arange(b))
+  rows = jnp.arange(h)[None, :, None, None]
+  cols = jnp.arange(w)[None, None, :, None]
+  inside = ((rows >= top[:, None, None, None]) &
+            (rows < (top + erase_h)[:, None, None, None]) &
+            (cols >= left[:, None, None, None]) &
+            (cols < (left + erase_w)[:, None, None, None]))
+  return jnp.where(inside & erased[:, None, None, None], noise, images)
+
+
 def color_jitter(images: jax.Array, key: jax.Array, strength: float, *,
                  first_row: int | jax.Array = 0,
                  batch_size: int | None = None) -> jax.Array:
@@ -279,13 +336,18 @@ def apply(images: jax.Array, key: jax.Array, config, *,
     x = random_resized_crop(images, crop_key, size, **rows)
     if config.augment_color:
       x = color_jitter(x, color_key, config.augment_color, **rows)
-    return x
-  x = center_crop(images, size)
-  if config.augmentation == "digits":
-    x = augment(x, key, max_shift=config.augment_shift,
-                max_rotation=config.augment_rotation,
-                max_scale=config.augment_scale, **rows)
-    if config.augment_flip:
-      # A key of its own: the other draws stay those of runs without flips.
-      x = random_flip(x, jax.random.fold_in(key, 2), **rows)
+  else:
+    x = center_crop(images, size)
+    if config.augmentation == "digits":
+      x = augment(x, key, max_shift=config.augment_shift,
+                  max_rotation=config.augment_rotation,
+                  max_scale=config.augment_scale, **rows)
+      if config.augment_flip:
+        # A key of its own: the other draws stay those of runs without
+        # flips.
+        x = random_flip(x, jax.random.fold_in(key, 2), **rows)
+  if config.augment_erase:
+    # Last, on what the network sees; a key of its own, as flips.
+    x = random_erasing(x, jax.random.fold_in(key, 3), config.augment_erase,
+                       **rows)
   return x
