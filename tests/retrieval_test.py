@@ -236,6 +236,29 @@ class RetrievalMetricsTest(parameterized.TestCase):
     self.assertEqual(got["fully_ranked_queries"], 0)
     self.assertEqual(got["knn_accuracy_at_3"], 1.0)
 
+  @parameterized.parameters(0.01, 0.5, 1.0)
+  def test_both_orderings_of_candidates_rank_by_key_then_index(self, fill):
+    """Each row's negatives in rank order, sorted along the rows (dense)
+    and by a lexsort of the negatives alone (sparse; which one runs depends
+    on how many candidates are negatives), against Python's sort of
+    (key, index) pairs; keys tie by the dozen."""
+    rng = np.random.default_rng(int(fill * 100))
+    keys = rng.integers(0, 40, (30, 200)).astype(np.uint32)
+    index = np.stack([rng.permutation(1000)[:200] for _ in range(30)])
+    negative = rng.random((30, 200)) < fill
+    count = negative.sum(axis=1)
+    want = [sorted(zip(keys[r][negative[r]], index[r][negative[r]]))
+            for r in range(30)]
+    for dense in (False, True):
+      row, rank, key, ref = retrieval._in_rank_order(
+          negative, count, max(1, int(count.max())), keys, index, dense)
+      got = [[] for _ in range(30)]
+      for r, k, i in zip(row, key, ref):
+        got[r].append((k, i))
+      self.assertEqual(got, want, dense)
+      np.testing.assert_array_equal(
+          rank, np.concatenate([np.arange(c) for c in count]))
+
   def test_leave_one_out_with_classes_of_one(self):
     # Labels 2 and 3 have one element: those queries are lone.
     rng = np.random.default_rng(3)

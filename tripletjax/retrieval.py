@@ -93,6 +93,9 @@ _BLOCK_REFERENCES = 2048  # References per block of a pass over them all.
 _RUNGS = 16
 _SAMPLE_STRIDE = 16
 _MAX_ROWS = 1024  # Queries per block.
+# Candidates are ranked by sorting each row when at least 1 in this many
+# is a negative to rank (`_in_rank_order`).
+_DENSE_FRACTION = 32
 # Similarity of a padding reference: below any real one, finite (0 * inf
 # would be NaN in the product).
 _PADDING_SIMILARITY = -1e30
@@ -831,7 +834,8 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   count = negative.sum(axis=1)
   width = max(1, int(count.max(initial=0)))
   row, rank, neg_keys, neg_refs = _in_rank_order(
-      negative, count, width, keys, index, dense=bound is None)
+      negative, count, width, keys, index,
+      dense=count.sum() * _DENSE_FRACTION >= negative.size)
   # Each negative's place: 1 + the positives and the negatives before it
   # (at equal keys, the lower reference index first: the words' order).
   before = _positives_before(chunk, part[row], neg_keys, neg_refs)
@@ -859,10 +863,11 @@ def _in_rank_order(negative, count, width, keys, index, dense: bool):
   """The negatives of each row in rank order (by key, then reference
   index): ``(row, rank in the row, key, reference index)``, rows ascending.
 
-  Dense (every reference a candidate, most of them negatives): one 64-bit
-  word ``key << 32 | index`` per entry, sorted along the rows, the others
-  last: faster than a lexsort of them all. Sparse (a few candidates left
-  negative): a lexsort of those alone, faster than sorting every row
+  Dense (more than about 3 % of the entries negatives, as every row of
+  the ladders' candidates and of a full ranking): one 64-bit word ``key <<
+  32 | index`` per entry, sorted along the rows, the others last: faster
+  than a lexsort of them all. Sparse (a few candidates left negative): a
+  lexsort of those alone, faster than sorting every row
   (docs/performance.md).
   """
   if dense:
