@@ -177,7 +177,7 @@ class Config:
   augment_erase: float = _setting(
       0.0, "Random erasing (Zhong et al.), after the digits or photo "
       "augmentation: with this probability a rectangle of 2-40 % of a "
-      "training image's area (height / width 0.3-3.3) becomes uniform noise "
+      "training image's area (aspect ratio 0.3-3.3) becomes uniform noise "
       "(0: none).")
   seed: int = _setting(
       0, "Seed of initialisation, sampling and augmentation.")

@@ -186,6 +186,19 @@ def center_crop(images: jax.Array | np.ndarray, size: int
   return images[:, top:top + size, left:left + size]
 
 
+def _random_sides(area_key: jax.Array, ratio_key: jax.Array, n: int,
+                  image_area: int, scale: tuple[float, float],
+                  ratio: tuple[float, float]) -> tuple[jax.Array, jax.Array]:
+  """``[n]`` heights and ``[n]`` widths (float) of rectangles whose area is
+  uniform in `scale` times `image_area` and whose aspect ratio, width /
+  height, is log-uniform in `ratio`."""
+  area = jax.random.uniform(area_key, (n,), minval=scale[0],
+                            maxval=scale[1]) * image_area
+  aspect = jnp.exp(jax.random.uniform(
+      ratio_key, (n,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])))
+  return jnp.sqrt(area / aspect), jnp.sqrt(area * aspect)
+
+
 def random_resized_crop(images: jax.Array, key: jax.Array, size: int, *,
                         scale: tuple[float, float] = (0.16, 1.0),
                         ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -211,12 +224,9 @@ def random_resized_crop(images: jax.Array, key: jax.Array, size: int, *,
   b, h, w, _ = images.shape
   n = batch_size or b
   keys = jax.random.split(key, 5)
-  area = jax.random.uniform(keys[0], (n,), minval=scale[0],
-                            maxval=scale[1]) * h * w
-  aspect = jnp.exp(jax.random.uniform(
-      keys[1], (n,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])))
-  crop_w = jnp.clip(jnp.sqrt(area * aspect), 1.0, w)
-  crop_h = jnp.clip(jnp.sqrt(area / aspect), 1.0, h)
+  crop_h, crop_w = _random_sides(keys[0], keys[1], n, h * w, scale, ratio)
+  crop_w = jnp.clip(crop_w, 1.0, w)
+  crop_h = jnp.clip(crop_h, 1.0, h)
   left = jax.random.uniform(keys[2], (n,)) * (w - crop_w)
   top = jax.random.uniform(keys[3], (n,)) * (h - crop_h)
   flips = (jax.random.bernoulli(keys[4], 0.5, (n,)) if flip
@@ -245,7 +255,7 @@ def random_erasing(images: jax.Array, key: jax.Array, probability: float,
   `probability` a rectangle of each image is replaced by uniform noise.
 
   The rectangle's area is uniform in `scale` times the image's, its aspect
-  ratio (height / width) log-uniform in `ratio`, its sides rounded to whole
+  ratio (width / height) log-uniform in `ratio`, its sides rounded to whole
   pixels and cut to the image's; its place is uniform among those inside
   the image (the paper draws again until one fits; cutting keeps the draw
   one step on the device).
@@ -263,14 +273,9 @@ def random_erasing(images: jax.Array, key: jax.Array, probability: float,
   b, h, w, c = images.shape
   n = batch_size or b
   keys = jax.random.split(key, 6)
-  area = jax.random.uniform(keys[0], (n,), minval=scale[0],
-                            maxval=scale[1]) * h * w
-  aspect = jnp.exp(jax.random.uniform(
-      keys[1], (n,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])))
-  erase_h = jnp.clip(jnp.round(jnp.sqrt(area * aspect)), 1, h).astype(
-      jnp.int32)
-  erase_w = jnp.clip(jnp.round(jnp.sqrt(area / aspect)), 1, w).astype(
-      jnp.int32)
+  erase_h, erase_w = _random_sides(keys[0], keys[1], n, h * w, scale, ratio)
+  erase_h = jnp.clip(jnp.round(erase_h), 1, h).astype(jnp.int32)
+  erase_w = jnp.clip(jnp.round(erase_w), 1, w).astype(jnp.int32)
   top = jax.random.randint(keys[2], (n,), 0, h - erase_h + 1)
   left = jax.random.randint(keys[3], (n,), 0, w - erase_w + 1)
   erased = jax.random.bernoulli(keys[4], probability, (n,))
