@@ -863,8 +863,8 @@ def _in_rank_order(negative, count, width, keys, index, dense: bool):
   """The negatives of each row in rank order (by key, then reference
   index): ``(row, rank in the row, key, reference index)``, rows ascending.
 
-  Dense (more than about 3 % of the entries negatives, as every row of
-  the ladders' candidates and of a full ranking): one 64-bit word ``key <<
+  Dense (more than about 3 % of the entries negatives, as typically in
+  the ladders' candidates and in a full ranking): one 64-bit word ``key <<
   32 | index`` per entry, sorted along the rows, the others last: faster
   than a lexsort of them all. Sparse (a few candidates left negative): a
   lexsort of those alone, faster than sorting every row
