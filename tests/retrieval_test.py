@@ -1,5 +1,6 @@
 """Retrieval metrics against a brute-force ranking of every reference."""
 
+import threading
 from unittest import mock
 
 from absl.testing import absltest
@@ -101,6 +102,47 @@ class RetrievalMetricsTest(parameterized.TestCase):
       self.assertEqual(calls["best_groups"], 0)
     else:  # (A few classes have 8 references or more.)
       self.assertGreater(calls["best_groups"], 0)
+
+  def test_two_threads_give_what_one_gives(self):
+    """Where two CPUs are usable, two blocks of queries are ranked at once;
+    every result, the counts included, is that of one thread, block after
+    block (32 blocks here, through every path: classes large and small, few
+    candidates and groups allowed), and the count of fully ranked queries
+    is that of the queries ranked against every reference."""
+    rng = np.random.default_rng(3)
+    labels = np.concatenate([rng.integers(0, 3, 240),
+                             rng.integers(3, 60, 160)])
+    x = np.eye(5, dtype=np.float32)[labels % 5] + 0.3 * rng.normal(
+        size=(400, 5)).astype(np.float32)
+    order = rng.permutation(400)
+    labels, x = labels[order], x[order]
+    threads, fully = set(), []
+    positive_keys = retrieval._Ranker.positive_keys
+    def recorded_thread(*args):
+      threads.add(threading.get_ident())
+      return positive_keys(*args)
+    all_candidates = retrieval._Ranker.all_candidates
+    def recorded_rows(ranker, rows):
+      fully.append(len(rows))
+      return all_candidates(ranker, rows)
+    results = []
+    for cpus in (1, 2):
+      threads.clear()
+      fully.clear()
+      with mock.patch.object(retrieval.sorting, "usable_cpus",
+                             return_value=cpus), mock.patch.object(
+                                 retrieval._Ranker, "positive_keys",
+                                 recorded_thread), mock.patch.object(
+                                     retrieval._Ranker, "all_candidates",
+                                     recorded_rows):
+        results.append(_check(
+            self, x[:150], labels[:150], x[150:], labels[150:],
+            group_size=4, max_groups=6, max_candidates=60,
+            memory_budget=4096))
+      self.assertLen(threads, cpus)
+      self.assertEqual(results[-1]["fully_ranked_queries"], sum(fully))
+    self.assertBetween(results[0]["fully_ranked_queries"], 10, 140)
+    self.assertEqual(results[0], results[1])
 
   @parameterized.parameters(0, retrieval._RUNGS - 1)
   def test_any_first_rung_gives_the_same_metrics(self, first):

@@ -63,7 +63,7 @@ How it stays exact at the cost of about one matrix product:
   `max_groups` groups is ranked against every reference.
 
 Memory is bounded by ``memory_budget`` bytes per block, whatever the number
-of references.
+of references; two blocks are ranked at once where two CPUs are usable.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import threading
 import time
 from typing import Sequence
 
@@ -102,17 +103,20 @@ _PADDING_SIMILARITY = -1e30
 
 
 class _Phases:
-  """Wall-clock seconds per phase of one call, when asked for."""
+  """Wall-clock seconds per phase of one call, when asked for, summed over
+  the threads that rank blocks at once."""
 
   def __init__(self, enabled: bool):
     self.seconds = collections.defaultdict(float) if enabled else None
+    self._lock = threading.Lock()
 
   @contextlib.contextmanager
   def __call__(self, name: str):
     start = time.perf_counter()
     yield
     if self.seconds is not None:
-      self.seconds[name] += time.perf_counter() - start
+      with self._lock:
+        self.seconds[name] += time.perf_counter() - start
 
 
 def _order_keys(similarity: jax.Array) -> jax.Array:
@@ -346,7 +350,8 @@ def retrieval_metrics(
       query ranks; a query with more is ranked against every reference.
     rank_directly_below: with fewer references than this, every query is
       ranked against all of them (cheap there, and fewer compilations).
-    memory_budget: bytes of the largest block of work arrays.
+    memory_budget: bytes of the largest block of work arrays (two blocks
+      at a time where two CPUs are usable).
     profile: also return the seconds of each phase (``"seconds <phase>"``;
       a device phase includes waiting for the device).
 
@@ -415,19 +420,18 @@ def retrieval_metrics(
 
   names = _metric_names(recall_ks, knn_ks)
   per_query = {name: np.zeros(num_q) for name in names}
-  fully = ranked = 0
+  ranked = []  # References ranked by each call of `score` (appended).
 
   def score(chunk, part, keys, index, labels, bound) -> np.ndarray:
-    nonlocal ranked
-    ranked += int(chunk.relevant[part].sum()) + int(np.sum(
-        (index >= 0) & (labels != chunk.label[part, None])))
+    ranked.append(int(chunk.relevant[part].sum()) + int(np.sum(
+        (index >= 0) & (labels != chunk.label[part, None]))))
     with phase("rank (host)"):
       return _rank(chunk, part, keys, index, labels, bound, harmonic,
                    recall_ks, knn_ks, per_query)
 
-  chunks = _chunks(np.flatnonzero(counted), query_lo, query_hi,
-                   memory_budget)
-  for rows in chunks:
+  def rank_chunk(rows) -> int:
+    """Ranks and scores the queries `rows`; returns how many of them were
+    ranked against every reference."""
     span_lo, span_hi = query_lo[rows].min(), query_hi[rows].max()
     with phase("positives (device)"):
       positive_keys = ranker.positive_keys(
@@ -454,15 +458,24 @@ def retrieval_metrics(
                           max_candidates, score),
           _rank_by_groups(ranker, chunk, np.flatnonzero(by_groups),
                           max_groups, score)])
-    fully += len(full)
     for part in ranker.full_parts(full):
       score(chunk, part, *ranker.all_candidates(rows[part]), None)
+    return len(full)
+
+  # Two blocks of queries at once where two CPUs are usable: one block's
+  # host work (NumPy, much of it on one thread) overlaps the other's device
+  # work (docs/performance.md). Half the budget each was slower.
+  chunks = _chunks(np.flatnonzero(counted), query_lo, query_hi,
+                   memory_budget)
+  with concurrent.futures.ThreadPoolExecutor(
+      min(2, sorting.usable_cpus())) as pool:
+    fully = sum(pool.map(rank_chunk, chunks))
 
   results = {name: float(np.mean(values[counted])) if counted.any()
              else float("nan") for name, values in per_query.items()}
   results["lone_queries"] = int(num_q - counted.sum())
   results["queries"] = num_q
-  results["ranked_per_query"] = ranked / max(1, counted.sum())
+  results["ranked_per_query"] = sum(ranked) / max(1, counted.sum())
   results["fully_ranked_queries"] = fully
   if profile:
     results.update({f"seconds {name}": value
