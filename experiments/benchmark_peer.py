@@ -36,6 +36,7 @@ the table gives each round's images/s, the last line the median ratio.
 """
 
 import functools
+import os
 import statistics
 import time
 import types
@@ -80,6 +81,11 @@ _COMPARED = (("map_at_r", "mean_average_precision_at_r"),
 def _peer() -> types.SimpleNamespace:
   """torch (on every usable CPU) and the parts of PyTorch Metric Learning
   used here."""
+  # torch's OpenMP threads otherwise spin after each of its calls, on the
+  # CPUs tripletjax's turn then runs on (+10 % on its retrieval time);
+  # waiting passively changed neither side's train step nor the peer's
+  # retrieval time (docs/performance.md).
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   # pylint: disable=g-import-not-at-top
   try:
     import torch
