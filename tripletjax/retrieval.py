@@ -845,6 +845,18 @@ def _rank(chunk: _Chunk, part: np.ndarray, keys, index, labels, bound,
   if bound is not None:
     negative &= keys < bound[:, None]
   count = negative.sum(axis=1)
+  # Each negative's place is past its rank among the negatives, so only a
+  # row's first `needed` negatives can sit within the depth: where far more
+  # are listed (a query ranked against every reference, whose positives lie
+  # far out), a partition finds the key of its needed-th and the rest are
+  # dropped (their places would be past the depth; ties at it are kept).
+  over = np.flatnonzero(count > 2 * needed)
+  if len(over):
+    kth = int(needed[over].max()) - 1
+    limit = np.partition(np.where(negative[over], keys[over], _KEY_MAX), kth,
+                         axis=1)[:, kth]
+    negative[over] &= keys[over] <= limit[:, None]
+    count[over] = negative[over].sum(axis=1)
   width = max(1, int(count.max(initial=0)))
   row, rank, neg_keys, neg_refs = _in_rank_order(
       negative, count, width, keys, index,
