@@ -26,9 +26,9 @@ the seconds of each phase.
 
 Expected on two CPU cores (docs/performance.md): the main job's 10,000 test
 embeddings against its 60,000 train embeddings in about 2.3 s, MAP@R 0.991
-(its test split leave-one-out in under a second, MAP@R 0.986); the synthetic 10,000 x 60,000 in about 2.7 s, MAP@R 0.986; SOP's size in
-about 9 s; peak memory bounded by the budget, not by the number of
-references.
+(its test split leave-one-out in under a second, MAP@R 0.986); the
+synthetic 10,000 x 60,000 in about 2.7 s, MAP@R 0.986; SOP's size in about
+9 s; peak memory bounded by the budget, not by the number of references.
 """
 
 import multiprocessing
