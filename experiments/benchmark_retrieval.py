@@ -64,7 +64,8 @@ _FEW_SHOT = flags.DEFINE_bool(
     "classes (1,000 20-way episodes of 1 and of 5 shots; second call).")
 _PROFILE = flags.DEFINE_bool(
     "profile", False, "Also print the seconds of each phase of the timed "
-    "call (device phases include waiting for the device).")
+    "call (device phases include waiting for the device; summed over the "
+    "two threads that rank blocks at once).")
 
 
 def _measure(num_q, num_r, dim, classes, noise, metric, workdir,

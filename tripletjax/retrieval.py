@@ -355,7 +355,8 @@ def retrieval_metrics(
     memory_budget: bytes of the largest block of work arrays (two blocks
       at a time where two CPUs are usable).
     profile: also return the seconds of each phase (``"seconds <phase>"``;
-      a device phase includes waiting for the device).
+      a device phase includes waiting for the device; summed over the
+      threads, so they may add up to more than the call).
 
   Returns:
     ``{name: mean over the queries with R >= 1}`` for the metrics of the
