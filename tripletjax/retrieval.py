@@ -46,8 +46,8 @@ How it stays exact at the cost of about one matrix product:
   checked on them. The rung comes from counts over a sample of the
   references (rung 2 at least, which an outlier among the last positives
   rarely defeats); one too high is lowered, and rung 0, the R-th positive,
-  always suffices. A query with more than `max_candidates` negatives above its rung
-  is ranked against every reference.
+  always suffices. A query with more than `max_candidates` negatives above
+  its rung is ranked against every reference.
 * When R is below the depth (classes of a few images, k of recall@k or kNN
   larger), the positives give no threshold (and a pass for the few queries
   of a block that have one would cost nearly as much as for all). The
