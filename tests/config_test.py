@@ -46,6 +46,12 @@ class ValidateTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, pattern):
       config_lib.validate(config_lib.Config().replace(**{name: value}))
 
+  def test_rotated_classes_are_not_for_photos(self):
+    with self.assertRaisesRegex(ValueError, "rotated_classes is not for the "
+                                "photo dataset 'cars196'"):
+      config_lib.validate(config_lib.Config(
+          dataset="cars196", image_size=64, rotated_classes=True))
+
   def test_soft_margin_may_be_zero(self):
     config_lib.validate(config_lib.Config(loss="batch_hard_soft", margin=0.0))
 

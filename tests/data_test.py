@@ -132,3 +132,24 @@ def test_channels_converts_grey_and_rgb():
   back = run_splits.with_channels(rgb, 1)  # Equal channels: the same grey.
   np.testing.assert_array_equal(back.images, grey.images)
   assert run_splits.with_channels(grey, 0) is grey
+
+
+def test_rotated_classes_turn_each_class_into_four():
+  # Two 2 x 2 images, hand-turned a quarter counterclockwise:
+  # [[a, b], [c, d]] -> [[b, d], [a, c]].
+  images = np.array([[[1, 2], [3, 4]], [[5, 6], [7, 8]]], np.uint8)[..., None]
+  split = data.Split(images=images, labels=np.array([1, 0], np.int32),
+                     num_classes=3, class_names=("a", "b", "c"))
+  rotated = data.with_rotated_classes(split)
+  assert len(rotated) == 8 and rotated.num_classes == 12
+  np.testing.assert_array_equal(rotated.labels, [1, 0, 4, 3, 7, 6, 10, 9])
+  np.testing.assert_array_equal(rotated.images[:2], images)
+  np.testing.assert_array_equal(rotated.images[2, ..., 0], [[2, 4], [1, 3]])
+  np.testing.assert_array_equal(rotated.images[4, ..., 0], [[4, 3], [2, 1]])
+  np.testing.assert_array_equal(rotated.images[7, ..., 0], [[7, 5], [8, 6]])
+  assert rotated.class_names[:4] == ("a", "b", "c", "a (90 degrees)")
+  assert rotated.class_names[11] == "c (270 degrees)"
+  with pytest.raises(ValueError, match="square images, got 3 x 4"):
+    data.with_rotated_classes(data.Split(
+        images=np.zeros((2, 3, 4, 1), np.uint8),
+        labels=np.array([0, 1], np.int32), num_classes=2))

@@ -106,6 +106,37 @@ def test_test_time_flip_changes_only_the_evaluation(dataset_dirs, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_rotated_classes_train_on_four_turns_and_evaluate_the_splits(
+    dataset_dirs, tmp_path, monkeypatch):
+  """With rotated_classes, a run's steps are those of a run handed the
+  four turns of each class as its train split (turned here by transposes
+  and flips), bit for bit; its evaluation is that of the splits as they
+  are: test queries against the unturned train split."""
+  config = tiny_config(dataset_dirs, steps=4, test_split="test[:200]",
+                       knn_ks=(1,))
+  results = train.train_and_evaluate(config.replace(rotated_classes=True),
+                                     str(tmp_path / "rotated"))
+  train_split, test = data.load_splits(config)
+  turns = [train_split.images]
+  for _ in range(3):  # A quarter turn counterclockwise: transpose, flip.
+    turns.append(turns[-1].swapaxes(1, 2)[:, ::-1])
+  handed = data.Split(
+      images=np.concatenate(turns), num_classes=40,
+      labels=np.concatenate([train_split.labels + 10 * k for k in range(4)]))
+  monkeypatch.setattr(train.data, "load_splits", lambda _: (handed, test))
+  train.train_and_evaluate(config, str(tmp_path / "handed"))
+  for a, b in zip(*(jax.tree.leaves(saved_params(config, str(tmp_path / d)))
+                    for d in ("rotated", "handed"))):
+    np.testing.assert_array_equal(a, b)
+  run = workdir.restore(str(tmp_path / "rotated"))
+  want, _ = reference.retrieval_metrics(
+      run.embedder(test.images), test.labels,
+      run.embedder(train_split.images), train_split.labels, config.metric,
+      recall_ks=(1,), knn_ks=(1,))
+  assert results["test_map_at_r"] == pytest.approx(want["map_at_r"],
+                                                   abs=1e-6)
+
+
 def test_held_out_classes_are_evaluated_as_unseen(dataset_dirs, tmp_path):
   config = tiny_config(dataset_dirs, train_classes=(0, 1, 2, 3, 4),
                        few_shot_episodes=20, few_shot_shots=(1, 3))

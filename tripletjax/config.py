@@ -34,7 +34,8 @@ EARLIER_VALUES = {"sampling": "host", "steps_per_call": 1}
 # at it they are left out of the digest that names a run's workdir, so a
 # run named before they existed keeps its name (and resumes).
 NEUTRAL_VALUES = {"ema_decay": 0.0, "augment_flip": False,
-                  "test_time_flip": False, "augment_erase": 0.0}
+                  "test_time_flip": False, "augment_erase": 0.0,
+                  "rotated_classes": False}
 # Where the data is read from, not what the run is: a run resumes with them
 # changed (its data moved, or a path spelt another way).
 LOCATION_FIELDS = ("data_dir", "manual_dir")
@@ -171,6 +172,11 @@ class Config:
   augment_flip: bool = _setting(
       False, "Digits augmentation: flip each training image left-right with "
       "probability 1/2 (for clothes, not for digits or characters).")
+  rotated_classes: bool = _setting(
+      False, "Train on each class and its rotations by 90, 180 and 270 "
+      "degrees as three more classes: 4x the training classes (Omniglot's "
+      "usual few-shot augmentation; square images held in memory, not "
+      "photo datasets). Evaluation sees the splits as they are.")
   augment_color: float = _setting(
       0.0, "Photo augmentation: brightness, contrast and saturation each "
       "scaled by a random factor in [1 - s, 1 + s].")
@@ -388,6 +394,10 @@ def validate(config: Config) -> Config:
   _require(not c.augment_flip or c.augmentation == "digits",
            f"augment_flip belongs to the digits augmentation, not to "
            f"augment={c.augmentation!r} (photo flips already).")
+  _require(not c.rotated_classes or not c.is_photo_dataset,
+           f"rotated_classes is not for the photo dataset {c.dataset!r}: "
+           "its images are read from the disk cache, and a turned photo "
+           "shows the same thing.")
   _require(0 <= c.augment_color < 1,
            f"augment_color must be in [0, 1), got {c.augment_color!r}.")
   _require(0 <= c.augment_erase <= 1 and (

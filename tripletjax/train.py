@@ -363,12 +363,15 @@ def train_and_evaluate(
                    manual_dir=config.manual_dir)
     parallel.barrier("tripletjax: dataset prepared")
   train, test = data.load_splits(config)
+  # What the steps draw from; evaluation keeps to `train` and `test`.
+  training = (data.with_rotated_classes(train) if config.rotated_classes
+              else train)
   image_shape = data.input_shape(config, train)
   workdir_lib.record_inputs(workdir, image_shape)
-  sampler = sampling.create(config, train.labels, train.class_names)
+  sampler = sampling.create(config, training.labels, training.class_names)
   logging.info("%s: %d train and %d test images of shape %s, %d classes.",
-               config.dataset, len(train), len(test), train.image_shape,
-               train.num_classes)
+               config.dataset, len(training), len(test), train.image_shape,
+               training.num_classes)
 
   # Model, optimiser, state.
   graphdef, state, tx = initial_state(config, image_shape)
@@ -393,12 +396,13 @@ def train_and_evaluate(
 
   # Input: the training images on the devices with an on-device sampler,
   # or batches drawn on the host and copied for each call.
-  on_device = draws_on_device(config, train.images, jax.default_backend())
+  on_device = draws_on_device(config, training.images,
+                              jax.default_backend())
   device_data = None
   if on_device:
     device_data = devices.replicate(DeviceData(
-        images=np.asarray(train.images),
-        sampler=sampler.on_device(train.labels)))
+        images=np.asarray(training.images),
+        sampler=sampler.on_device(training.labels)))
   per_call = steps_per_call(config, jax.default_backend())
   logging.info("Batches drawn on the %s; %d steps per call.",
                "device" if on_device else "host", per_call)
@@ -411,7 +415,8 @@ def train_and_evaluate(
     for step in range(first, last):
       indices = sampler(step)
       batches.append(parallel.local_batch(
-          indices, sampler.batch_labels(indices, train.labels), train.images))
+          indices, sampler.batch_labels(indices, training.labels),
+          training.images))
     return devices.place_batch(*parallel.stack_local_batches(batches),
                                stacked=True)
 
@@ -496,10 +501,11 @@ def train_and_evaluate(
   writer.close()
   if is_main and config.write_figures:
     indices = sampler(last_step)
-    report.write_figures(workdir, embedder, train, test, indices,
-                         sampler.batch_labels(indices, train.labels),
+    report.write_figures(workdir, embedder, training, test, indices,
+                         sampler.batch_labels(indices, training.labels),
                          metric=config.metric,
-                         train_embeddings=train_embeddings,
+                         train_embeddings=(train_embeddings
+                                           if training is train else None),
                          test_embeddings=test_embeddings)
   steps_run = last_step - first_step
   warm_steps = last_step - warm[1] if warm else 0

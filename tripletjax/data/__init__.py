@@ -9,6 +9,7 @@
 
 from tripletjax.data.run_splits import input_shape
 from tripletjax.data.run_splits import load_splits
+from tripletjax.data.run_splits import with_rotated_classes
 from tripletjax.data.split import Split
 from tripletjax.data.tfds_loader import DatasetUnavailableError
 from tripletjax.data.tfds_loader import load
@@ -27,4 +28,5 @@ __all__ = [
     "load_splits",
     "prepare",
     "resolve_manual_dir",
+    "with_rotated_classes",
 ]

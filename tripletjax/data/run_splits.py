@@ -30,6 +30,39 @@ def with_channels(split: Split, channels: int) -> Split:
   return dataclasses.replace(split, images=images)
 
 
+def with_rotated_classes(split: Split) -> Split:
+  """`split` and its images rotated by 90, 180 and 270 degrees, each
+  rotation of a class a class of its own: 4x the images and classes.
+
+  A character turned a quarter is no longer the same character, so the
+  turns add classes rather than views of one (Omniglot's usual few-shot
+  augmentation: Santoro et al. 2016, Vinyals et al. 2016). The first
+  ``len(split)`` rows are `split` itself; rotation ``k`` (counterclockwise,
+  ``k * 90`` degrees) of class ``c`` has label ``c + k * num_classes``.
+
+  Raises:
+    ValueError: the images are not square (a quarter turn changes their
+      shape), or are not held in memory.
+  """
+  h, w, _ = split.image_shape
+  if h != w:
+    raise ValueError(f"rotated_classes needs square images, got {h} x {w} "
+                     "(set image_size).")
+  if not isinstance(split.images, np.ndarray):
+    raise ValueError("rotated_classes needs images held in memory, not a "
+                     "photo cache.")
+  names = split.class_names
+  return Split(
+      images=np.concatenate([np.rot90(split.images, k, axes=(1, 2))
+                             for k in range(4)]),
+      labels=np.concatenate([split.labels + k * split.num_classes
+                             for k in range(4)]).astype(np.int32),
+      num_classes=4 * split.num_classes,
+      class_names=None if names is None else tuple(
+          f"{name} ({k * 90} degrees)" if k else name
+          for k in range(4) for name in names))
+
+
 def input_shape(config: config_lib.Config, split: Split
                 ) -> tuple[int, int, int]:
   """``(H, W, C)`` of the network's input: ``config.image_size`` square
