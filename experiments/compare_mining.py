@@ -116,8 +116,9 @@ def class_sets(config: config_lib.Config) -> Classes:
                    validation_split="train[:10000]",
                    training=(0, 1, 2, 3, 4), test=(5, 6, 7, 8, 9))
   if config.dataset == omniglot.NAME:
-    alphabets = omniglot.background_alphabets(
-        data.resolve_manual_dir(omniglot.NAME, config.manual_dir) or "")
+    alphabets = omniglot.alphabets(
+        data.resolve_manual_dir(omniglot.NAME, config.manual_dir) or "",
+        "train")
     held_out = list(alphabets)[4::5]
     if not held_out:
       raise ValueError(f"{omniglot.NAME}'s background set has "

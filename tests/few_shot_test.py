@@ -27,6 +27,34 @@ class SampleEpisodesTest(absltest.TestCase):
         labels, ways=5, shots=2, queries_per_class=3, episodes=50, seed=1)
     np.testing.assert_array_equal(support, again[0])
 
+  def test_episodes_within_groups(self):
+    labels = np.repeat(np.arange(12), 4)
+    # Group [8, 9] has too few classes for 3 ways, [7, 11] too few eligible
+    # (class 11 has 2 examples only).
+    labels[-2:] = 7
+    groups = [(0, 1, 2, 3), (4, 5, 6), (8, 9), (7, 10, 11)]
+    support, query = few_shot.sample_episodes(
+        labels, ways=3, shots=1, queries_per_class=2, episodes=400, seed=0,
+        groups=groups)
+    drawn = [frozenset(labels[s[:, 0]].tolist()) for s in support]
+    self.assertTrue(all(d <= {0, 1, 2, 3} or d == {4, 5, 6} for d in drawn))
+    for s, q in zip(support, query):  # Each class its own examples.
+      for w in range(3):
+        self.assertTrue(np.all(labels[q[w]] == labels[s[w, 0]]))
+    # The two groups equally often (binomial, 400 draws: +-4 sigma = 40).
+    self.assertLess(abs(sum(d == {4, 5, 6} for d in drawn) - 200), 40)
+    # Without groups, the episodes drawn before groups existed (recorded
+    # from that code): published results keep their episodes.
+    support, query = few_shot.sample_episodes(
+        labels, ways=3, shots=1, queries_per_class=2, episodes=2, seed=0)
+    self.assertEqual(support.tolist(), [[[27], [21], [30]],
+                                        [[33], [28], [11]]])
+    self.assertEqual(query.tolist(), [[[26, 24], [23, 22], [47, 31]],
+                                      [[34, 32], [31, 47], [9, 8]]])
+    with self.assertRaisesRegex(ValueError, "need a group of 5 classes"):
+      few_shot.sample_episodes(labels, ways=5, shots=1, queries_per_class=2,
+                               episodes=3, seed=0, groups=groups)
+
   def test_too_few_classes(self):
     with self.assertRaisesRegex(ValueError, "need 5 classes with >= 6"):
       few_shot.sample_episodes(np.repeat(np.arange(4), 10), ways=5, shots=1,

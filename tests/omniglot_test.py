@@ -2,14 +2,21 @@
 official one-shot scoring."""
 
 import io
+import json
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from tripletjax import config as config_lib
 from tripletjax import data
 from tripletjax import few_shot
+from tripletjax import train
+from tripletjax import workdir as workdir_lib
 from tripletjax.data import omniglot
 
 
@@ -39,7 +46,8 @@ def omniglot_dirs(tmp_path_factory):
   _images_zip(manual / "images_background.zip", "images_background",
               background, 3)
   _images_zip(manual / "images_evaluation.zip", "images_evaluation",
-              [("Gamma", "character01"), ("Gamma", "character02")], 2)
+              [("Gamma", "character01"), ("Gamma", "character02"),
+               ("Delta", "character01")], 4)
   _images_zip(manual / "images_background_small1.zip",
               "images_background_small1", background[2:], 2)
   _images_zip(manual / "images_background_small2.zip",
@@ -62,7 +70,7 @@ def test_splits_and_labels(omniglot_dirs):
   train, test = load("train"), load("test")
   assert train.images.shape == (9, 105, 105, 1)
   np.testing.assert_array_equal(np.bincount(train.labels), [3, 3, 3])
-  assert sorted(set(test.labels.tolist())) == [964, 965]
+  assert sorted(set(test.labels.tolist())) == [964, 965, 966]
   # The small sets reuse the labels of the same characters in train.
   assert set(load("small1").labels.tolist()) == {2}
   assert set(load("small2").labels.tolist()) == {0}
@@ -73,12 +81,16 @@ def test_splits_and_labels(omniglot_dirs):
   assert small.images.shape == (9, 28, 28, 1)
 
 
-def test_background_alphabets(omniglot_dirs):
-  alphabets = omniglot.background_alphabets(omniglot_dirs["manual_dir"])
+def test_alphabets(omniglot_dirs):
+  alphabets = omniglot.alphabets(omniglot_dirs["manual_dir"], "train")
   assert alphabets == {"Alpha": (0, 1), "Beta": (2,)}
   train = data.load(omniglot.NAME, "train", **omniglot_dirs)
   beta = train.images[train.labels == 2, ..., 0]
   assert beta.shape == (3, 105, 105)  # Beta's one character, three drawers.
+  # The evaluation set's, numbered as the test split (sorted by alphabet,
+  # then character: Delta, written last, comes first).
+  assert omniglot.alphabets(omniglot_dirs["manual_dir"], "test") == {
+      "Delta": (964,), "Gamma": (965, 966)}
 
 
 def test_one_shot_runs(omniglot_dirs):
@@ -92,6 +104,33 @@ def test_one_shot_runs(omniglot_dirs):
     base = 964 + 659 + 20 * run
     assert sorted(train_labels.tolist()) == [base, base + 1, base + 2]
     assert sorted(test_labels.tolist()) == sorted(train_labels.tolist())
+
+
+def test_few_shot_script_adds_episodes_within_one_alphabet(omniglot_dirs,
+                                                           tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config_lib.Config(
+      dataset=omniglot.NAME, image_size=28, widths=(4,), hidden_dim=16,
+      embedding_dim=8, classes_per_batch=3, examples_per_class=2, steps=2,
+      warmup_steps=1, eval_every=0, checkpoint_every=0, few_shot_ways=2,
+      few_shot_episodes=5, few_shot_shots=(1,), steps_per_call=1,
+      write_figures=False, **omniglot_dirs), workdir)
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.few_shot", f"--workdir={workdir}",
+       "--ways=2", "--shots=1", "--queries_per_class=1", "--episodes=30"],
+      cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "2-way 1-shot within one alphabet: prototype" in result.stdout
+  saved = json.load(open(os.path.join(workdir, "few_shot.json")))
+  # Gamma is the only alphabet of two characters: every episode is its.
+  run = workdir_lib.restore(workdir)
+  test = data.load(omniglot.NAME, "test", image_size=28, **omniglot_dirs)
+  want = few_shot.evaluate(run.embedder(test.images), test.labels, ways=2,
+                           shots=1, queries_per_class=1, episodes=30,
+                           groups=[(965, 966)])
+  assert saved["2way_1shot_within_alphabet"] == want
+  assert 0 <= saved["official_one_shot_accuracy"] <= 1
 
 
 def test_missing_zip_is_named(tmp_path):

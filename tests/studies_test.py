@@ -110,8 +110,8 @@ def test_compare_mining_refuses_a_dataset_without_class_sets(tmp_path):
 def test_omniglot_validation_holds_out_every_fifth_alphabet(monkeypatch):
   alphabets = {f"alphabet{a:02d}": tuple(range(3 * a, 3 * a + 3))
                for a in range(12)}
-  monkeypatch.setattr(compare_mining.omniglot, "background_alphabets",
-                      lambda manual_dir: alphabets)
+  monkeypatch.setattr(compare_mining.omniglot, "alphabets",
+                      lambda manual_dir, split: alphabets)
   classes = compare_mining.class_sets(config_lib.Config(
       dataset="omniglot_lake"))
   assert classes.validation == (12, 13, 14, 27, 28, 29)  # Alphabets 4, 9.
@@ -119,8 +119,8 @@ def test_omniglot_validation_holds_out_every_fifth_alphabet(monkeypatch):
       classes.validation)))
   assert classes.training == classes.test == ()
   assert classes.validation_split == "train"
-  monkeypatch.setattr(compare_mining.omniglot, "background_alphabets",
-                      lambda manual_dir: dict(list(alphabets.items())[:4]))
+  monkeypatch.setattr(compare_mining.omniglot, "alphabets",
+                      lambda manual_dir, split: dict(list(alphabets.items())[:4]))
   with pytest.raises(ValueError, match="needs at least 5"):
     compare_mining.class_sets(config_lib.Config(dataset="omniglot_lake"))
 

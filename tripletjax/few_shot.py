@@ -10,6 +10,10 @@ query examples of each, and classifies every query by
 Accuracy is averaged over episodes, with a 95% confidence interval of the
 mean (1.96 standard errors), the convention of the few-shot literature.
 
+Episodes may keep to one group of classes each (`sample_episodes`'s
+``groups``): Omniglot's alphabets, the kind of episode of the official task,
+whose characters are told apart from others of their own alphabet.
+
 Lake et al.'s official Omniglot task (20 runs of 20-way one-shot
 classification, the ``one_shot`` split of ``omniglot_lake``) is scored by
 `omniglot_one_shot_accuracy`.
@@ -17,6 +21,7 @@ classification, the ``one_shot`` split of ``omniglot_lake``) is scored by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import functools
 import math
 
@@ -31,7 +36,8 @@ QUERIES_PER_CLASS = 15  # Query examples per class and episode, by default.
 
 
 def sample_episodes(labels: np.ndarray, *, ways: int, shots: int,
-                    queries_per_class: int, episodes: int, seed: int
+                    queries_per_class: int, episodes: int, seed: int,
+                    groups: Sequence[Sequence[int]] | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
   """Indices of the support and query examples of each episode.
 
@@ -42,6 +48,10 @@ def sample_episodes(labels: np.ndarray, *, ways: int, shots: int,
     queries_per_class: query examples per class.
     episodes: number of episodes.
     seed: the same seed draws the same episodes.
+    groups: classes that belong together (Omniglot's alphabets): each
+      episode then draws one group, uniformly among those with `ways`
+      classes enough, and all its classes from it, as Lake et al.'s
+      official runs each keep to one alphabet. None: any classes.
 
   Returns:
     ``(support [E, ways, shots], query [E, ways, queries_per_class])``:
@@ -61,12 +71,23 @@ def sample_episodes(labels: np.ndarray, *, ways: int, shots: int,
         f"{ways}-way episodes with {shots} shots and {queries_per_class} "
         f"queries per class need {ways} classes with >= {needed} examples; "
         f"these labels have {len(eligible)} (of {len(classes)} classes).")
+  pools = [eligible] if groups is None else [
+      p for p in (np.intersect1d(eligible, g) for g in groups)
+      if len(p) >= ways]
+  if not pools:
+    raise ValueError(
+        f"{ways}-way episodes within a group need a group of {ways} classes "
+        f"with >= {needed} examples; none of the {len(groups)} groups has "
+        "that many.")
   members = {c: np.flatnonzero(labels == c) for c in eligible}
   rng = np.random.default_rng(seed)
   support = np.empty((episodes, ways, shots), np.int64)
   query = np.empty((episodes, ways, queries_per_class), np.int64)
   for e in range(episodes):
-    for w, c in enumerate(rng.choice(eligible, ways, replace=False)):
+    # Drawn only with groups: the episodes without stay those of before.
+    pool = pools[rng.integers(len(pools))] if groups is not None \
+        else eligible
+    for w, c in enumerate(rng.choice(pool, ways, replace=False)):
       chosen = rng.choice(members[c], needed, replace=False)
       support[e, w], query[e, w] = chosen[:shots], chosen[shots:]
   return support, query
@@ -111,14 +132,16 @@ def episode_accuracies(support: jax.Array, query: jax.Array, *, metric: str
 def evaluate(embeddings: np.ndarray, labels: np.ndarray, *, ways: int,
              shots: int, queries_per_class: int = QUERIES_PER_CLASS,
              episodes: int = 1000,
-             metric: str = "euclidean", seed: int = 0
+             metric: str = "euclidean", seed: int = 0,
+             groups: Sequence[Sequence[int]] | None = None
              ) -> dict[str, float]:
   """Mean N-way K-shot accuracy over episodes, with 95% intervals.
 
   Args:
     embeddings: ``[N, D]`` embeddings of the evaluation classes.
     labels: ``[N]`` their labels.
-    ways, shots, queries_per_class, episodes, seed: see `sample_episodes`.
+    ways, shots, queries_per_class, episodes, seed, groups: see
+      `sample_episodes`.
     metric: a name of `tripletjax.distances.METRIC_NAMES`.
 
   Returns:
@@ -129,7 +152,7 @@ def evaluate(embeddings: np.ndarray, labels: np.ndarray, *, ways: int,
   embeddings = np.asarray(embeddings, np.float32)
   support, query = sample_episodes(
       labels, ways=ways, shots=shots, queries_per_class=queries_per_class,
-      episodes=episodes, seed=seed)
+      episodes=episodes, seed=seed, groups=groups)
   accuracies = episode_accuracies(
       jnp.asarray(embeddings[support]), jnp.asarray(embeddings[query]),
       metric=metric)

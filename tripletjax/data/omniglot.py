@@ -67,9 +67,12 @@ def _characters(archive: zipfile.ZipFile) -> dict[tuple[str, str], list[str]]:
   return found
 
 
-def _background_ids(manual_dir: str) -> dict[tuple[str, str], int]:
-  with zipfile.ZipFile(os.path.join(manual_dir, FILES["train"])) as archive:
-    return {key: i for i, key in enumerate(sorted(_characters(archive)))}
+def _ids(manual_dir: str, split: str) -> dict[tuple[str, str], int]:
+  """``{(alphabet, character): label}`` of split ``train`` or ``test``."""
+  first = {"train": 0, "test": NUM_BACKGROUND}[split]
+  with zipfile.ZipFile(os.path.join(manual_dir, FILES[split])) as archive:
+    return {key: first + i
+            for i, key in enumerate(sorted(_characters(archive)))}
 
 
 class OmniglotLake(tfds.core.GeneratorBasedBuilder):
@@ -98,7 +101,7 @@ class OmniglotLake(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = find_manual_dir(str(dl_manager.manual_dir))
-    ids = _background_ids(manual_dir)
+    ids = _ids(manual_dir, "train")
     return {split: self._generate_examples(os.path.join(manual_dir, f), split, ids)
             for split, f in FILES.items()}
 
@@ -110,7 +113,7 @@ class OmniglotLake(tfds.core.GeneratorBasedBuilder):
       characters = _characters(archive)
       for i, (key, names) in enumerate(sorted(characters.items())):
         if split == "test":
-          label = NUM_BACKGROUND + i
+          label = NUM_BACKGROUND + i  # As `_ids(..., "test")` numbers them.
         elif key in ids:
           label = ids[key]
         else:
@@ -135,19 +138,22 @@ def _one_shot_examples(archive: zipfile.ZipFile):
                      "run": run, "is_query": is_query}
 
 
-def background_alphabets(manual_dir: str) -> dict[str, tuple[int, ...]]:
+def alphabets(manual_dir: str, split: str) -> dict[str, tuple[int, ...]]:
   """``{alphabet: labels of its characters}`` of the background set (split
-  ``train``), in the builder's numbering: for splits by alphabet, as Lake
-  et al.'s evaluation set is split from the background set.
+  ``train``: for splits by alphabet, as Lake et al.'s evaluation set is
+  split from the background set) or of the evaluation set (``test``: for
+  episodes within one alphabet, as the official runs), in the builder's
+  numbering.
 
   Args:
     manual_dir: the manual directory or its ``omniglot/`` sub-folder.
+    split: ``train`` or ``test``.
   """
-  alphabets: dict[str, list[int]] = {}
-  for (alphabet, _), label in _background_ids(
-      find_manual_dir(manual_dir)).items():
-    alphabets.setdefault(alphabet, []).append(label)
-  return {name: tuple(labels) for name, labels in sorted(alphabets.items())}
+  found: dict[str, list[int]] = {}
+  for (alphabet, _), label in _ids(find_manual_dir(manual_dir),
+                                   split).items():
+    found.setdefault(alphabet, []).append(label)
+  return {name: tuple(labels) for name, labels in sorted(found.items())}
 
 
 def find_manual_dir(manual_dir: str) -> str:
