@@ -2,11 +2,11 @@ r"""Few-shot evaluation of a trained run on classes it never saw.
 
 N-way K-shot episodes (nearest prototype and nearest neighbour, mean
 accuracy over episodes with a 95% interval) on the test images of the classes
-the run did not train on; for ``omniglot_lake`` also the same episodes
-within one alphabet (the kind of the official runs, each of which keeps to
-one alphabet; 1,000 of them scatter far less than the official 20 runs) and
-Lake et al.'s official one-shot task (20 runs of 20-way 1-shot). Writes
-``few_shot.json`` into the workdir.
+the run did not train on; for ``omniglot_lake`` also the same episodes of
+the official runs' kind (each within one alphabet, its support drawn by one
+person and its queries by others; 1,000 of them scatter far less than the
+official 20 runs) and Lake et al.'s official one-shot task (20 runs of
+20-way 1-shot). Writes ``few_shot.json`` into the workdir.
 
   python -m experiments.train --train_classes=0,1,2,3,4 \
       --classes_per_batch=5 --examples_per_class=50 --workdir=runs/m04
@@ -45,18 +45,30 @@ _DATASET = flags.DEFINE_string(
     "run's network; default: the run's unseen test classes.")
 
 
-def _alphabets(config: config_lib.Config) -> list[tuple[int, ...]]:
-  """The labels of each alphabet of the run's Omniglot test split: its
-  episodes within one alphabet are of the official runs' kind, harder than
-  those over all characters."""
+def _official_kind(config: config_lib.Config, test: data.Split,
+                   unseen: np.ndarray) -> dict[str, object]:
+  """`few_shot.evaluate`'s groups and sources for episodes of the official
+  runs' kind on the run's Omniglot test images ``test[unseen]``: each
+  within one alphabet, its support drawn by one person and its queries by
+  others. Harder than episodes over all characters; 1,000 of them scatter
+  far less than the official task's 20 runs."""
   split = config.test_split.split("[")[0]
   if split not in ("train", "test"):
-    raise ValueError(f"Episodes within one alphabet need the test split "
-                     f"train or test of {omniglot.NAME}, not "
+    raise ValueError(f"Episodes of the official runs' kind need the test "
+                     f"split train or test of {omniglot.NAME}, not "
                      f"{config.test_split!r}.")
-  return list(omniglot.alphabets(
-      data.resolve_manual_dir(omniglot.NAME, config.manual_dir) or "",
-      split).values())
+  alphabets = omniglot.alphabets(
+      data.resolve_manual_dir(omniglot.NAME, config.manual_dir) or "", split)
+  features, _ = data.load_features(
+      omniglot.NAME, config.test_split, ("label", "drawer"),
+      data_dir=config.data_dir, manual_dir=config.manual_dir)
+  if config.test_classes:  # As `data.load_splits` keeps them.
+    keep = np.isin(features["label"], config.test_classes)
+    features = {k: v[keep] for k, v in features.items()}
+  # The split read again, for its drawers: the same examples in order.
+  assert np.array_equal(features["label"], test.labels)
+  return {"groups": list(alphabets.values()),
+          "sources": features["drawer"][unseen]}
 
 
 def main(argv):
@@ -86,17 +98,17 @@ def main(argv):
     print(f"{config.dataset}, step {step}: {unseen.sum()} test images of "
           f"{len(np.unique(labels))} classes never trained on.")
   results = {"step": step, "episodes": _EPISODES.value}
-  kinds = {"": None}
+  kinds = {"": {}}
   if config.dataset == omniglot.NAME and not _DATASET.value:
-    kinds[" within one alphabet"] = _alphabets(config)
+    kinds[" as the official runs"] = _official_kind(config, test, unseen)
   for ways in map(int, _WAYS.value):
     for shots in map(int, _SHOTS.value):
-      for kind, groups in kinds.items():
+      for kind, constraints in kinds.items():
         r = few_shot.evaluate(embeddings, labels, ways=ways, shots=shots,
                               queries_per_class=_QUERIES.value,
                               episodes=_EPISODES.value, metric=config.metric,
-                              seed=_SEED.value, groups=groups)
-        key = f"{ways}way_{shots}shot" + ("_within_alphabet" if kind else "")
+                              seed=_SEED.value, **constraints)
+        key = f"{ways}way_{shots}shot" + ("_official_kind" if kind else "")
         results[key] = r
         print(f"{ways:>3}-way {shots}-shot{kind}: prototype "
               f"{r['prototype']:.2%} ± {r['prototype_ci95']:.2%}, nearest "

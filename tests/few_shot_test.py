@@ -55,6 +55,35 @@ class SampleEpisodesTest(absltest.TestCase):
       few_shot.sample_episodes(labels, ways=5, shots=1, queries_per_class=2,
                                episodes=3, seed=0, groups=groups)
 
+  def test_support_and_queries_from_shared_sources(self):
+    # Six classes, each with sources 0-4 (class 5 lacks source 4, and has
+    # two examples of source 0), shuffled.
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 5)
+    sources = np.tile(np.arange(5), 6)
+    sources[29] = 0
+    order = rng.permutation(len(labels))
+    labels, sources = labels[order], sources[order]
+    support, query = few_shot.sample_episodes(
+        labels, ways=3, shots=1, queries_per_class=3, episodes=200, seed=0,
+        sources=sources)
+    for s, q in zip(support, query):
+      classes = labels[s[:, 0]]
+      self.assertLen(set(classes.tolist()), 3)
+      np.testing.assert_array_equal(labels[q], np.repeat(classes[:, None],
+                                                         3, axis=1))
+      # One source for every class's support, three others for the
+      # queries, in the same order for every class.
+      self.assertLen(set(sources[s[:, 0]].tolist()), 1)
+      self.assertTrue(np.all(sources[q] == sources[q[0]]))
+      self.assertLen(set(sources[q[0]].tolist()) | {sources[s[0, 0]]}, 4)
+      if 5 in classes:  # It shares sources 0-3 only.
+        self.assertNotIn(4, sources[np.concatenate([s, q], axis=1)])
+    with self.assertRaisesRegex(ValueError, "need 3 classes with >= 6 "
+                                "sources"):
+      few_shot.sample_episodes(labels, ways=3, shots=1, queries_per_class=5,
+                               episodes=3, seed=0, sources=sources)
+
   def test_too_few_classes(self):
     with self.assertRaisesRegex(ValueError, "need 5 classes with >= 6"):
       few_shot.sample_episodes(np.repeat(np.arange(4), 10), ways=5, shots=1,

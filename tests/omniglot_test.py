@@ -93,6 +93,16 @@ def test_alphabets(omniglot_dirs):
       "Delta": (964,), "Gamma": (965, 966)}
 
 
+def test_drawers(omniglot_dirs):
+  features, _ = data.load_features(omniglot.NAME, "train",
+                                   ("label", "drawer"), **omniglot_dirs)
+  for label in (0, 1, 2):  # Files <character>_00.png to _02.png.
+    assert sorted(features["drawer"][features["label"] == label]) == [0, 1, 2]
+  runs, _ = data.load_features(omniglot.NAME, "one_shot", ("drawer",),
+                               **omniglot_dirs)
+  assert set(runs["drawer"].tolist()) == {-1}
+
+
 def test_one_shot_runs(omniglot_dirs):
   runs, _ = data.load_features(omniglot.NAME, "one_shot",
                                ("label", "run", "is_query"), **omniglot_dirs)
@@ -106,7 +116,7 @@ def test_one_shot_runs(omniglot_dirs):
     assert sorted(test_labels.tolist()) == sorted(train_labels.tolist())
 
 
-def test_few_shot_script_adds_episodes_within_one_alphabet(omniglot_dirs,
+def test_few_shot_script_adds_episodes_of_the_official_kind(omniglot_dirs,
                                                            tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config_lib.Config(
@@ -121,15 +131,17 @@ def test_few_shot_script_adds_episodes_within_one_alphabet(omniglot_dirs,
       cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True,
       text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "2-way 1-shot within one alphabet: prototype" in result.stdout
+  assert "2-way 1-shot as the official runs: prototype" in result.stdout
   saved = json.load(open(os.path.join(workdir, "few_shot.json")))
   # Gamma is the only alphabet of two characters: every episode is its.
   run = workdir_lib.restore(workdir)
-  test = data.load(omniglot.NAME, "test", image_size=28, **omniglot_dirs)
-  want = few_shot.evaluate(run.embedder(test.images), test.labels, ways=2,
-                           shots=1, queries_per_class=1, episodes=30,
-                           groups=[(965, 966)])
-  assert saved["2way_1shot_within_alphabet"] == want
+  test, _ = data.load_features(omniglot.NAME, "test",
+                               ("image", "label", "drawer"), image_size=28,
+                               **omniglot_dirs)
+  want = few_shot.evaluate(run.embedder(test["image"]), test["label"],
+                           ways=2, shots=1, queries_per_class=1, episodes=30,
+                           groups=[(965, 966)], sources=test["drawer"])
+  assert saved["2way_1shot_official_kind"] == want
   assert 0 <= saved["official_one_shot_accuracy"] <= 1
 
 

@@ -10,9 +10,10 @@ query examples of each, and classifies every query by
 Accuracy is averaged over episodes, with a 95% confidence interval of the
 mean (1.96 standard errors), the convention of the few-shot literature.
 
-Episodes may keep to one group of classes each (`sample_episodes`'s
-``groups``): Omniglot's alphabets, the kind of episode of the official task,
-whose characters are told apart from others of their own alphabet.
+Episodes may keep to one group of classes each and take their support and
+queries from different sources (`sample_episodes`'s ``groups`` and
+``sources``): with Omniglot's alphabets and drawers, the kind of episode of
+the official task.
 
 Lake et al.'s official Omniglot task (20 runs of 20-way one-shot
 classification, the ``one_shot`` split of ``omniglot_lake``) is scored by
@@ -37,7 +38,8 @@ QUERIES_PER_CLASS = 15  # Query examples per class and episode, by default.
 
 def sample_episodes(labels: np.ndarray, *, ways: int, shots: int,
                     queries_per_class: int, episodes: int, seed: int,
-                    groups: Sequence[Sequence[int]] | None = None
+                    groups: Sequence[Sequence[int]] | None = None,
+                    sources: np.ndarray | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
   """Indices of the support and query examples of each episode.
 
@@ -50,8 +52,15 @@ def sample_episodes(labels: np.ndarray, *, ways: int, shots: int,
     seed: the same seed draws the same episodes.
     groups: classes that belong together (Omniglot's alphabets): each
       episode then draws one group, uniformly among those with `ways`
-      classes enough, and all its classes from it, as Lake et al.'s
-      official runs each keep to one alphabet. None: any classes.
+      classes enough, and all its classes from it. None: any classes.
+    sources: ``int [N]``, where each example comes from (Omniglot's
+      drawers): each episode then draws `shots` sources for the support
+      and `queries_per_class` others for the queries, the same for all its
+      classes, and each class's examples of those sources (a class counts
+      the sources it has, not its examples). None: any examples.
+
+  With both, an episode is of the kind of Lake et al.'s official runs: one
+  alphabet, the support drawn by one person and the queries by others.
 
   Returns:
     ``(support [E, ways, shots], query [E, ways, queries_per_class])``:
@@ -60,8 +69,14 @@ def sample_episodes(labels: np.ndarray, *, ways: int, shots: int,
   """
   labels = np.asarray(labels)
   needed = shots + queries_per_class
-  classes, counts = np.unique(labels, return_counts=True)
+  if sources is None:
+    classes, counts = np.unique(labels, return_counts=True)
+  else:  # Distinct (class, source) pairs.
+    sources = np.asarray(sources)
+    pairs = np.unique(np.stack([labels, sources], axis=1), axis=0)
+    classes, counts = np.unique(pairs[:, 0], return_counts=True)
   eligible = classes[counts >= needed]
+  unit = "examples" if sources is None else "sources"
   if min(ways, shots, queries_per_class, episodes) < 1:
     raise ValueError(
         f"ways, shots, queries_per_class and episodes must be >= 1, got "
@@ -69,7 +84,7 @@ def sample_episodes(labels: np.ndarray, *, ways: int, shots: int,
   if len(eligible) < ways:
     raise ValueError(
         f"{ways}-way episodes with {shots} shots and {queries_per_class} "
-        f"queries per class need {ways} classes with >= {needed} examples; "
+        f"queries per class need {ways} classes with >= {needed} {unit}; "
         f"these labels have {len(eligible)} (of {len(classes)} classes).")
   pools = [eligible] if groups is None else [
       p for p in (np.intersect1d(eligible, g) for g in groups)
@@ -77,18 +92,33 @@ def sample_episodes(labels: np.ndarray, *, ways: int, shots: int,
   if not pools:
     raise ValueError(
         f"{ways}-way episodes within a group need a group of {ways} classes "
-        f"with >= {needed} examples; none of the {len(groups)} groups has "
+        f"with >= {needed} {unit}; none of the {len(groups)} groups has "
         "that many.")
   members = {c: np.flatnonzero(labels == c) for c in eligible}
   rng = np.random.default_rng(seed)
   support = np.empty((episodes, ways, shots), np.int64)
   query = np.empty((episodes, ways, queries_per_class), np.int64)
   for e in range(episodes):
-    # Drawn only with groups: the episodes without stay those of before.
+    # Drawn only with groups (sources): the episodes without stay those of
+    # before.
     pool = pools[rng.integers(len(pools))] if groups is not None \
         else eligible
-    for w, c in enumerate(rng.choice(pool, ways, replace=False)):
-      chosen = rng.choice(members[c], needed, replace=False)
+    drawn = rng.choice(pool, ways, replace=False)
+    if sources is not None:
+      shared = functools.reduce(np.intersect1d, (
+          sources[members[c]] for c in drawn))
+      if len(shared) < needed:
+        raise ValueError(
+            f"Classes {sorted(drawn.tolist())} share {len(shared)} sources; "
+            f"an episode of {shots} shots and {queries_per_class} queries "
+            f"needs {needed}.")
+      picked = rng.choice(shared, needed, replace=False)
+    for w, c in enumerate(drawn):
+      if sources is None:
+        chosen = rng.choice(members[c], needed, replace=False)
+      else:
+        chosen = [rng.choice(members[c][sources[members[c]] == source])
+                  for source in picked]
       support[e, w], query[e, w] = chosen[:shots], chosen[shots:]
   return support, query
 
@@ -133,14 +163,15 @@ def evaluate(embeddings: np.ndarray, labels: np.ndarray, *, ways: int,
              shots: int, queries_per_class: int = QUERIES_PER_CLASS,
              episodes: int = 1000,
              metric: str = "euclidean", seed: int = 0,
-             groups: Sequence[Sequence[int]] | None = None
+             groups: Sequence[Sequence[int]] | None = None,
+             sources: np.ndarray | None = None
              ) -> dict[str, float]:
   """Mean N-way K-shot accuracy over episodes, with 95% intervals.
 
   Args:
     embeddings: ``[N, D]`` embeddings of the evaluation classes.
     labels: ``[N]`` their labels.
-    ways, shots, queries_per_class, episodes, seed, groups: see
+    ways, shots, queries_per_class, episodes, seed, groups, sources: see
       `sample_episodes`.
     metric: a name of `tripletjax.distances.METRIC_NAMES`.
 
@@ -152,7 +183,7 @@ def evaluate(embeddings: np.ndarray, labels: np.ndarray, *, ways: int,
   embeddings = np.asarray(embeddings, np.float32)
   support, query = sample_episodes(
       labels, ways=ways, shots=shots, queries_per_class=queries_per_class,
-      episodes=episodes, seed=seed, groups=groups)
+      episodes=episodes, seed=seed, groups=groups, sources=sources)
   accuracies = episode_accuracies(
       jnp.asarray(embeddings[support]), jnp.asarray(embeddings[query]),
       metric=metric)

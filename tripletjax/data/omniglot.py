@@ -16,7 +16,12 @@ itself or its ``omniglot/`` sub-folder):
 * ``all_runs.zip`` -> split ``one_shot``: the official task, 20 runs of
   20-way one-shot classification. Feature ``run`` (0-19) and ``is_query``;
   the 20 training images of run r have labels ``1623 + 20 r + class`` and
-  each test image the label of the training image it belongs to.
+  each test image the label of the training image it belongs to. Each run
+  keeps to one alphabet of the evaluation set, its training images drawn
+  by one person and its test images by another.
+
+Feature ``drawer`` (1-20) names the person who drew an image (-1 in
+``one_shot``): Lake et al. had 20 people draw each character once.
 
 Images are 105 x 105 x 1 uint8, inverted so that strokes are 255 on a black
 background (as in MNIST); `tripletjax.data.load` can shrink them
@@ -57,6 +62,15 @@ def _decode(data: bytes) -> np.ndarray:
   return (255 - image)[..., None].astype(np.uint8)
 
 
+def _drawer(name: str) -> int:
+  """The drawer (1-20) of an image named ``<image>_<drawer>.png``."""
+  found = re.fullmatch(r".*_(\d+)\.png", name)
+  if found is None:
+    raise ValueError(f"Omniglot image {name!r} is not named "
+                     "<image>_<drawer>.png.")
+  return int(found[1])
+
+
 def _characters(archive: zipfile.ZipFile) -> dict[tuple[str, str], list[str]]:
   """``{(alphabet, character): [png names]}`` of an images_* zip."""
   found: dict[tuple[str, str], list[str]] = {}
@@ -78,8 +92,9 @@ def _ids(manual_dir: str, split: str) -> dict[tuple[str, str], int]:
 class OmniglotLake(tfds.core.GeneratorBasedBuilder):
   """Omniglot from Lake et al.'s zips, with the official one-shot runs."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Background, evaluation, small sets, all_runs."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Background, evaluation, small sets, all_runs.",
+                   "1.1.0": "Feature drawer."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f"Put {', '.join(FILES.values())} from "
       "https://github.com/brendenlake/omniglot (python/) in the manual "
@@ -92,6 +107,7 @@ class OmniglotLake(tfds.core.GeneratorBasedBuilder):
             "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
             "run": np.int32,
             "is_query": np.bool_,
+            "drawer": np.int32,
         }),
         supervised_keys=("image", "label"),
         homepage="https://github.com/brendenlake/omniglot",
@@ -121,7 +137,7 @@ class OmniglotLake(tfds.core.GeneratorBasedBuilder):
                            f"not in {FILES['train']}.")
         for name in names:
           yield name, {"image": _decode(archive.read(name)), "label": label,
-                       "run": -1, "is_query": False}
+                       "run": -1, "is_query": False, "drawer": _drawer(name)}
 
 
 def _one_shot_examples(archive: zipfile.ZipFile):
@@ -135,7 +151,7 @@ def _one_shot_examples(archive: zipfile.ZipFile):
       label = base + int(re.search(r"class(\d+)", train_name)[1]) - 1
       for name, is_query in ((train_name, False), (test_name, True)):
         yield name, {"image": _decode(archive.read(name)), "label": label,
-                     "run": run, "is_query": is_query}
+                     "run": run, "is_query": is_query, "drawer": -1}
 
 
 def alphabets(manual_dir: str, split: str) -> dict[str, tuple[int, ...]]:
