@@ -30,11 +30,12 @@ def _png(value: int) -> bytes:
 
 
 def _images_zip(path, top, characters, drawers):
+  """Character i of `characters` by drawer d: `_png(20 i + d)`."""
   with zipfile.ZipFile(path, "w") as z:
-    for alphabet, character in characters:
+    for i, (alphabet, character) in enumerate(characters):
       for d in range(drawers):
         z.writestr(f"{top}/{alphabet}/{character}/{character}_{d:02d}.png",
-                   _png(d))
+                   _png(20 * i + d))
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +53,17 @@ def omniglot_dirs(tmp_path_factory):
               "images_background_small1", background[2:], 2)
   _images_zip(manual / "images_background_small2.zip",
               "images_background_small2", background[:1], 2)
+  # Copies of the evaluation images, as Lake et al.'s runs: class c of run
+  # r is character c - 1 by drawer r - 1; item c is class 4 - c by drawer
+  # r + 1.
   with zipfile.ZipFile(manual / "all_runs.zip", "w") as z:
     for run in (1, 2):
       lines = []
       for c in range(1, 4):
-        z.writestr(f"run{run:02d}/training/class{c:02d}.png", _png(10 * c))
-        z.writestr(f"run{run:02d}/test/item{c:02d}.png", _png(10 * c + 1))
+        z.writestr(f"run{run:02d}/training/class{c:02d}.png",
+                   _png(20 * (c - 1) + run - 1))
+        z.writestr(f"run{run:02d}/test/item{c:02d}.png",
+                   _png(20 * (3 - c) + run + 1))
         lines.append(f"run{run:02d}/test/item{c:02d}.png "
                      f"run{run:02d}/training/class{4 - c:02d}.png")
       z.writestr(f"run{run:02d}/class_labels.txt", "\n".join(lines) + "\n")
@@ -103,6 +109,22 @@ def test_drawers(omniglot_dirs):
   assert set(runs["drawer"].tolist()) == {-1}
 
 
+def test_official_characters_are_found_by_their_images(omniglot_dirs):
+  test, _ = data.load_features(omniglot.NAME, "test", ("image", "label"),
+                               **omniglot_dirs)
+  runs, _ = data.load_features(omniglot.NAME, "one_shot", ("image", "run"),
+                               **omniglot_dirs)
+  # Gamma's two characters and Delta's one: labels 965, 966 and 964.
+  assert omniglot.official_characters(
+      test["image"], test["label"], runs["image"], runs["run"]) == [
+          (964, 965, 966), (964, 965, 966)]
+  # Without Delta's images, its copies in the runs are not found.
+  gamma = test["label"] != 964
+  with pytest.raises(ValueError, match="official run 0 is not in the test"):
+    omniglot.official_characters(test["image"][gamma], test["label"][gamma],
+                                 runs["image"], runs["run"])
+
+
 def test_one_shot_runs(omniglot_dirs):
   runs, _ = data.load_features(omniglot.NAME, "one_shot",
                                ("label", "run", "is_query"), **omniglot_dirs)
@@ -131,17 +153,19 @@ def test_few_shot_script_adds_episodes_of_the_official_kind(omniglot_dirs,
       cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True,
       text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "2-way 1-shot as the official runs: prototype" in result.stdout
+  assert ("2-way 1-shot over the official runs' characters: prototype"
+          in result.stdout)
   saved = json.load(open(os.path.join(workdir, "few_shot.json")))
-  # Gamma is the only alphabet of two characters: every episode is its.
+  # Both runs have the evaluation set's three characters.
   run = workdir_lib.restore(workdir)
   test, _ = data.load_features(omniglot.NAME, "test",
                                ("image", "label", "drawer"), image_size=28,
                                **omniglot_dirs)
   want = few_shot.evaluate(run.embedder(test["image"]), test["label"],
                            ways=2, shots=1, queries_per_class=1, episodes=30,
-                           groups=[(965, 966)], sources=test["drawer"])
-  assert saved["2way_1shot_official_kind"] == want
+                           groups=[(964, 965, 966)],
+                           sources=test["drawer"])
+  assert saved["2way_1shot_official_characters"] == want
   assert 0 <= saved["official_one_shot_accuracy"] <= 1
 
 

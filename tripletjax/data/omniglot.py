@@ -172,6 +172,39 @@ def alphabets(manual_dir: str, split: str) -> dict[str, tuple[int, ...]]:
   return {name: tuple(labels) for name, labels in sorted(found.items())}
 
 
+def official_characters(images: np.ndarray, labels: np.ndarray,
+                        run_images: np.ndarray, runs: np.ndarray
+                        ) -> list[tuple[int, ...]]:
+  """The characters of each official run, as labels of the test split.
+
+  The runs' images are copies of the evaluation set's, so each is found by
+  its pixels. (Each run's 20 characters are from one alphabet, and the two
+  runs of an alphabet share them: 10 sets of characters.)
+
+  Args:
+    images: ``uint8 [N, H, W, 1]``, the test split's images.
+    labels: ``int [N]``, their labels.
+    run_images: ``uint8 [M, H, W, 1]``, the ``one_shot`` split's images, of
+      the same size.
+    runs: ``int [M]``, their feature ``run``.
+
+  Returns:
+    The sorted labels of each run's characters, one tuple per run.
+
+  Raises:
+    ValueError: an image of a run is not in `images`.
+  """
+  index = {image.tobytes(): int(label) for image, label in zip(images, labels)}
+  found: dict[int, set[int]] = {}
+  for image, run in zip(run_images, runs):
+    label = index.get(image.tobytes())
+    if label is None:
+      raise ValueError(f"An image of official run {run} is not in the "
+                       "test split given.")
+    found.setdefault(int(run), set()).add(label)
+  return [tuple(sorted(found[run])) for run in sorted(found)]
+
+
 def find_manual_dir(manual_dir: str) -> str:
   """`manual_dir` or its ``omniglot/`` sub-folder, whichever has the zips.
 
