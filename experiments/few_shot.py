@@ -15,8 +15,9 @@ al.'s official one-shot task (20 runs of 20-way 1-shot). Writes
   python -m experiments.few_shot --workdir=runs/omniglot --ways=5,20 --shots=1,5
 
 Expected (docs/results.md): on MNIST's unseen digits 5-9, 5-way 1-shot
-about 50 % and 5-shot about 60 %; for the Omniglot run of docs/results.md,
-the official task at about 88 %.
+about 50 % and 5-shot about 60 %; for the best Omniglot run of
+docs/results.md (56 x 56 pixels, rotated classes), 20-way 1-shot about 95 %,
+over the official runs' characters about 91 %, the official task 93.75 %.
 """
 
 import json
