@@ -3,10 +3,10 @@ r"""Few-shot evaluation of a trained run on classes it never saw.
 N-way K-shot episodes (nearest prototype and nearest neighbour, mean
 accuracy over episodes with a 95% interval) on the test images of the classes
 the run did not train on; for ``omniglot_lake`` also the same episodes over
-the characters of the official runs (each episode those of one run, its
-support drawn by one person and its queries by others: the official task's
-expected score, where its 20 runs scatter by several points) and Lake et
-al.'s official one-shot task (20 runs of 20-way 1-shot). Writes
+the characters of the official runs where the run tests on the whole test
+split (each episode those of one run, its support drawn by one person and its
+queries by others: they rank networks far more precisely than the 20 runs)
+and Lake et al.'s official one-shot task (20 runs of 20-way 1-shot). Writes
 ``few_shot.json`` into the workdir.
 
   python -m experiments.train --train_classes=0,1,2,3,4 \
@@ -54,12 +54,8 @@ def _official_characters(config: config_lib.Config, test: data.Split,
   ``test[unseen]``: each episode takes the characters of one run, its
   support drawn by one person and its queries by others, all at random.
   The official task draws each set of characters twice (two pairs of
-  people): 1,000 episodes estimate its score far more closely."""
-  if config.test_split != "test" or config.test_classes:
-    raise ValueError(f"The official runs' characters are in split test of "
-                     f"{omniglot.NAME}, all of it; the run tests on "
-                     f"{config.test_split!r}, test_classes "
-                     f"{list(config.test_classes)}.")
+  people): 1,000 episodes rank networks far more precisely (its own
+  drawers score higher: docs/results.md)."""
   features, _ = data.load_features(
       omniglot.NAME, "test", ("image", "label", "drawer"),
       data_dir=config.data_dir, manual_dir=config.manual_dir)
@@ -103,7 +99,8 @@ def main(argv):
           f"{len(np.unique(labels))} classes never trained on.")
   results = {"step": step, "episodes": _EPISODES.value}
   kinds = {"": {}}
-  if config.dataset == omniglot.NAME and not _DATASET.value:
+  official = config.dataset == omniglot.NAME and not _DATASET.value
+  if official and config.test_split == "test" and not config.test_classes:
     kinds[" over the official runs' characters"] = _official_characters(
         config, test, unseen)
   for ways in map(int, _WAYS.value):
@@ -113,13 +110,13 @@ def main(argv):
                               queries_per_class=_QUERIES.value,
                               episodes=_EPISODES.value, metric=config.metric,
                               seed=_SEED.value, **constraints)
-        key = f"{ways}way_{shots}shot" + ("_official_characters" if kind else "")
-        results[key] = r
+        suffix = "_official_characters" if kind else ""
+        results[f"{ways}way_{shots}shot{suffix}"] = r
         print(f"{ways:>3}-way {shots}-shot{kind}: prototype "
               f"{r['prototype']:.2%} ± {r['prototype_ci95']:.2%}, nearest "
               f"neighbour {r['nearest_neighbor']:.2%} ± "
               f"{r['nearest_neighbor_ci95']:.2%}")
-  if config.dataset == omniglot.NAME and not _DATASET.value:
+  if official:
     task, _ = data.load_features(
         omniglot.NAME, "one_shot", ("image", "label", "run", "is_query"),
         data_dir=config.data_dir, manual_dir=config.manual_dir,

@@ -118,7 +118,8 @@ class OmniglotLake(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     manual_dir = find_manual_dir(str(dl_manager.manual_dir))
     ids = _ids(manual_dir, "train")
-    return {split: self._generate_examples(os.path.join(manual_dir, f), split, ids)
+    return {split: self._generate_examples(os.path.join(manual_dir, f),
+                                           split, ids)
             for split, f in FILES.items()}
 
   def _generate_examples(self, path: str, split: str, ids):
