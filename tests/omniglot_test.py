@@ -138,8 +138,8 @@ def test_one_shot_runs(omniglot_dirs):
     assert sorted(test_labels.tolist()) == sorted(train_labels.tolist())
 
 
-def test_few_shot_script_adds_episodes_of_the_official_kind(omniglot_dirs,
-                                                           tmp_path):
+def test_few_shot_script_adds_episodes_over_the_official_characters(
+    omniglot_dirs, tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(config_lib.Config(
       dataset=omniglot.NAME, image_size=28, widths=(4,), hidden_dim=16,
