@@ -117,9 +117,10 @@ class OmniglotLake(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = find_manual_dir(str(dl_manager.manual_dir))
-    ids = _ids(manual_dir, "train")
+    # The small sets take the labels of their characters in train.
+    ids = {split: _ids(manual_dir, split) for split in ("train", "test")}
     return {split: self._generate_examples(os.path.join(manual_dir, f),
-                                           split, ids)
+                                           split, ids.get(split, ids["train"]))
             for split, f in FILES.items()}
 
   def _generate_examples(self, path: str, split: str, ids):
@@ -127,15 +128,11 @@ class OmniglotLake(tfds.core.GeneratorBasedBuilder):
       if split == "one_shot":
         yield from _one_shot_examples(archive)
         return
-      characters = _characters(archive)
-      for i, (key, names) in enumerate(sorted(characters.items())):
-        if split == "test":
-          label = NUM_BACKGROUND + i  # As `_ids(..., "test")` numbers them.
-        elif key in ids:
-          label = ids[key]
-        else:
+      for key, names in sorted(_characters(archive).items()):
+        if key not in ids:
           raise ValueError(f"{os.path.basename(path)}: character {key} is "
                            f"not in {FILES['train']}.")
+        label = ids[key]
         for name in names:
           yield name, {"image": _decode(archive.read(name)), "label": label,
                        "run": -1, "is_query": False, "drawer": _drawer(name)}
@@ -179,8 +176,7 @@ def official_characters(images: np.ndarray, labels: np.ndarray,
   """The characters of each official run, as labels of the test split.
 
   The runs' images are copies of the evaluation set's, so each is found by
-  its pixels. (Each run's 20 characters are from one alphabet, and the two
-  runs of an alphabet share them: 10 sets of characters.)
+  its pixels.
 
   Args:
     images: ``uint8 [N, H, W, 1]``, the test split's images.
