@@ -53,9 +53,9 @@ def _official_characters(config: config_lib.Config, test: data.Split,
   official runs' characters on the run's Omniglot test images
   ``test[unseen]``: each episode takes the characters of one run, its
   support drawn by one person and its queries by others, all at random.
-  The official task draws each set of characters twice (two pairs of
-  people): 1,000 episodes rank networks far more precisely (its own
-  drawers score higher: docs/results.md)."""
+  The official task has one pair of people per run (20 runs): 1,000
+  episodes rank networks far more precisely (its own drawers score
+  higher: docs/results.md)."""
   features, _ = data.load_features(
       omniglot.NAME, "test", ("image", "label", "drawer"),
       data_dir=config.data_dir, manual_dir=config.manual_dir)
@@ -67,6 +67,8 @@ def _official_characters(config: config_lib.Config, test: data.Split,
   assert np.array_equal(features["label"], test.labels)
   characters = omniglot.official_characters(
       features["image"], features["label"], runs["image"], runs["run"])
+  print(f"Sets of characters of the {len(characters)} official runs: "
+        f"{len(set(characters))}.")
   return {"groups": sorted(set(characters)),
           "sources": features["drawer"][unseen]}
 

@@ -155,6 +155,7 @@ def test_few_shot_script_adds_episodes_over_the_official_characters(
   assert result.returncode == 0, result.stderr[-3000:]
   assert ("2-way 1-shot over the official runs' characters: prototype"
           in result.stdout)
+  assert "Sets of characters of the 2 official runs: 1." in result.stdout
   saved = json.load(open(os.path.join(workdir, "few_shot.json")))
   # Both runs have the evaluation set's three characters.
   run = workdir_lib.restore(workdir)
