@@ -229,7 +229,7 @@ def test_steps_drawn_on_the_device_same_on_one_and_eight_devices():
   assert out.count(" ok") == 3, out
 
 
-def test_batch_all_with_a_global_batch_of_8192_on_eight_devices():
+def test_batch_all_of_a_global_batch_of_8192_needs_no_b_cubed_memory():
   out = run_script("""
     import jax, numpy as np
     from jax.sharding import PartitionSpec as P
@@ -243,9 +243,10 @@ def test_batch_all_with_a_global_batch_of_8192_on_eight_devices():
             e, l, margin=0.2, axis_name="data")[0],
         mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P())
     step = jax.jit(jax.value_and_grad(fn))
+    # Compiled, not run: running it takes most of a minute on one core
+    # (experiments.benchmark_losses --batch_sizes=8192 --devices=8 runs it;
+    # distributed_losses_test checks the numbers on a smaller batch).
     memory = step.lower(x, y).compile().memory_analysis()
-    loss, grad = step(x, y)
-    assert np.isfinite(loss) and np.all(np.isfinite(grad))
     # Per device: its 1024 anchor rows against all 8192, never 8192^3.
     print("temp MiB per device", memory.temp_size_in_bytes / 2**20)
     assert memory.temp_size_in_bytes < 20 * 1024 * 8192 * 4
