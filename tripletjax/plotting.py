@@ -9,18 +9,25 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-import matplotlib
-matplotlib.use("Agg")
-from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 _RIGHT, _WRONG = "#2ca02c", "#d62728"
 
 
+def _pyplot():
+  """matplotlib's pyplot on the Agg backend, imported on first use: the
+  import takes most of a second, and the commands that draw nothing
+  (embedding, search, verification, export, runs without figures) skip it."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  return pyplot
+
+
 def _save(fig, path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=100, bbox_inches="tight")
-  plt.close(fig)
+  _pyplot().close(fig)
   return path
 
 
@@ -55,7 +62,7 @@ def training_curves(records: Sequence[dict], path: str, *,
   panels = [("loss", ["loss"]),
             ("fraction of active triplets", ["fraction_active_triplets"]),
             ("evaluation", list(accuracy_keys))]
-  fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+  fig, axes = _pyplot().subplots(1, 3, figsize=(15, 3.8))
   for ax, (title, keys) in zip(axes, panels):
     for key in keys:
       points = [(r["step"], r[key]) for r in records if key in r]
@@ -96,8 +103,8 @@ def embedding_projection(embeddings: np.ndarray, labels: np.ndarray,
   points = project_2d(embeddings)
   labels = np.asarray(labels)
   classes = np.unique(labels)
-  fig, ax = plt.subplots(figsize=(7, 6))
-  cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+  fig, ax = _pyplot().subplots(figsize=(7, 6))
+  cmap = _pyplot().get_cmap("tab10" if len(classes) <= 10 else "tab20")
   for i, c in enumerate(classes):
     mine = labels == c
     ax.scatter(points[mine, 0], points[mine, 1], s=3, alpha=0.6,
@@ -122,7 +129,7 @@ def triplet_grid(anchors: np.ndarray, positives: np.ndarray,
     positive_distances, negative_distances: ``[T]``, shown as titles.
   """
   rows = len(anchors)
-  fig, axes = plt.subplots(rows, 3, figsize=(4.5, 1.6 * rows),
+  fig, axes = _pyplot().subplots(rows, 3, figsize=(4.5, 1.6 * rows),
                            squeeze=False)
   for t in range(rows):
     d_ap = (f"d={positive_distances[t]:.2f}"
@@ -155,7 +162,7 @@ def retrieval_grid(query_images: np.ndarray, query_labels: np.ndarray,
     class_names: the name of each label, shown instead of the label.
   """
   num_q, k = neighbor_labels.shape
-  fig, axes = plt.subplots(num_q, k + 1, figsize=(1.4 * (k + 1), 1.5 * num_q),
+  fig, axes = _pyplot().subplots(num_q, k + 1, figsize=(1.4 * (k + 1), 1.5 * num_q),
                            squeeze=False)
   for q in range(num_q):
     _show_image(axes[q, 0], query_images[q],
@@ -178,7 +185,7 @@ def lines(series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]],
   with a shaded band of one standard deviation where given; points alone
   unless `joined`; a dashed vertical line at each x of `marked`
   (``{label: x}``)."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = _pyplot().subplots(figsize=(7, 4.5))
   for label, (x, y, std) in series.items():
     line, = ax.plot(x, y, marker="o", markersize=3 if joined else 5,
                     linestyle="-" if joined else "", label=label)
