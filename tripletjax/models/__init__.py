@@ -130,6 +130,12 @@ def create(name: str, *, image_shape: tuple[int, int, int], seed: int,
   if input_norm == "imagenet" and channels != 3:
     raise ValueError(f"input_norm 'imagenet' needs 3 channels, the images "
                      f"have {channels}.")
-  network = MODELS[name](in_channels=channels, image_size=(height, width),
-                         dtype=DTYPES[dtype], rngs=nnx.Rngs(seed), **settings)
-  return Network(network, input_norm)
+  def build() -> Network:
+    return Network(MODELS[name](in_channels=channels,
+                                image_size=(height, width),
+                                dtype=DTYPES[dtype], rngs=nnx.Rngs(seed),
+                                **settings), input_norm)
+  # Initialised in one compiled program, not op by op: eagerly every
+  # parameter shape compiled its own random draw (the tiny CNN took 1.3 s
+  # instead of 0.7 s at -O0). The same numbers bit for bit.
+  return nnx.jit(build)()
