@@ -12,15 +12,17 @@ with every program cached (thousands of entries) each new compilation got
 slower, and the suite took half as long again (docs/performance.md).
 
 Every program the suite and its processes compile is compiled at LLVM's -O0
-(`TEST_XLA_FLAGS`): a test's programs are tiny and compiling them is what
-the suite spends its time on (the 1-vs-8-device step script of parallel_test
-took 58 s instead of 94 s at -O0; docs/performance.md). Neither level
-allows fast-math rewrites, but the generated code may round differently in
-the last bit (one of the tiny CNN's 36 initial convolution weights differs
-by one unit in the last place): the tests compare programs compiled at one
-level with each other, or with references to a tolerance; `xla_cpu_test`
-checks a convolution and its gradients compiled as the project compiles
-them.
+and with XLA's older elemental emitters for fusions instead of its MLIR
+fusion emitters (`TEST_XLA_FLAGS`): a test's programs are tiny and compiling
+them is what the suite spends its time on (the 1-vs-8-device step script of
+parallel_test took 58 s instead of 94 s at -O0; the older emitters compile a
+tiny train step in about a quarter of the time; docs/performance.md). Neither
+setting allows fast-math rewrites, but the generated code may round
+differently in the last bit (one of the tiny CNN's 36 initial convolution
+weights differs by one unit in the last place at -O0): the tests compare
+programs compiled with the same flags with each other, or with references to
+a tolerance; `xla_cpu_test` checks a convolution and its gradients compiled
+as the project compiles them.
 """
 
 import os
@@ -35,7 +37,8 @@ for _name, _value in (("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache")),
                       ("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1"),
                       ("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))):
   os.environ.setdefault(_name, _value)
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0"
+                  " --xla_cpu_use_fusion_emitters=false")
 if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = " ".join(
       (os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAGS)).strip()

@@ -203,9 +203,10 @@ SAMPLED_STEPS_SCRIPT = """
       data = train.DeviceData(images=images, sampler=sampler)
       steps = functools.partial(train.train_steps, graphdef=graphdef, tx=tx,
                                 config=config)
-      numbers = np.arange(5, 8, dtype=np.int32)  # Steps 5, 6, 7.
+      # Steps 5 and 6 (each step of a call is compiled: two keep it short).
+      numbers = np.arange(5, 7, dtype=np.int32)
       one, one_metrics = jax.jit(steps)(state, data, numbers)
-      assert int(one.step) == 8
+      assert int(one.step) == 7
       for how in ("jit", "pmap"):
         devices = parallel.create(how)
         new, metrics = devices.compile(steps)(
