@@ -33,8 +33,8 @@ class ModelsTest(parameterized.TestCase):
   @parameterized.parameters("cnn", "mlp")
   def test_initialised_as_op_by_op_bit_for_bit(self, name):
     """`create` initialises in one compiled program: the parameters are
-    those drawn op by op, so runs from before it train the same. (The
-    ResNets too; compiling theirs op by op takes 15 s.)"""
+    those drawn op by op, so runs from before it train the same. (Not the
+    ResNets: their op-by-op initialisation compiles for many seconds.)"""
     settings = dict(widths=(4, 8), hidden_dim=16, embedding_dim=5)
     model = models.create(name, image_shape=(12, 10, 3), seed=3, **settings)
     eager = models.Network(models.MODELS[name](

@@ -103,8 +103,9 @@ def embedding_projection(embeddings: np.ndarray, labels: np.ndarray,
   points = project_2d(embeddings)
   labels = np.asarray(labels)
   classes = np.unique(labels)
-  fig, ax = _pyplot().subplots(figsize=(7, 6))
-  cmap = _pyplot().get_cmap("tab10" if len(classes) <= 10 else "tab20")
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 6))
+  cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
   for i, c in enumerate(classes):
     mine = labels == c
     ax.scatter(points[mine, 0], points[mine, 1], s=3, alpha=0.6,
@@ -130,7 +131,7 @@ def triplet_grid(anchors: np.ndarray, positives: np.ndarray,
   """
   rows = len(anchors)
   fig, axes = _pyplot().subplots(rows, 3, figsize=(4.5, 1.6 * rows),
-                           squeeze=False)
+                                 squeeze=False)
   for t in range(rows):
     d_ap = (f"d={positive_distances[t]:.2f}"
             if positive_distances is not None else None)
@@ -162,8 +163,9 @@ def retrieval_grid(query_images: np.ndarray, query_labels: np.ndarray,
     class_names: the name of each label, shown instead of the label.
   """
   num_q, k = neighbor_labels.shape
-  fig, axes = _pyplot().subplots(num_q, k + 1, figsize=(1.4 * (k + 1), 1.5 * num_q),
-                           squeeze=False)
+  fig, axes = _pyplot().subplots(num_q, k + 1,
+                                 figsize=(1.4 * (k + 1), 1.5 * num_q),
+                                 squeeze=False)
   for q in range(num_q):
     _show_image(axes[q, 0], query_images[q],
                 title=f"query ({class_name(query_labels[q], class_names)})")

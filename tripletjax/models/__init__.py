@@ -136,6 +136,7 @@ def create(name: str, *, image_shape: tuple[int, int, int], seed: int,
                                 dtype=DTYPES[dtype], rngs=nnx.Rngs(seed),
                                 **settings), input_norm)
   # Initialised in one compiled program, not op by op: eagerly every
-  # parameter shape compiled its own random draw (the tiny CNN took 1.3 s
-  # instead of 0.7 s at -O0). The same numbers bit for bit.
+  # parameter shape compiled its own random draw (creating the main job's
+  # CNN took up to twice as long; docs/performance.md). The same numbers
+  # bit for bit.
   return nnx.jit(build)()
