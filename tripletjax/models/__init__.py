@@ -130,13 +130,25 @@ def create(name: str, *, image_shape: tuple[int, int, int], seed: int,
   if input_norm == "imagenet" and channels != 3:
     raise ValueError(f"input_norm 'imagenet' needs 3 channels, the images "
                      f"have {channels}.")
-  def build() -> Network:
-    return Network(MODELS[name](in_channels=channels,
-                                image_size=(height, width),
-                                dtype=DTYPES[dtype], rngs=nnx.Rngs(seed),
-                                **settings), input_norm)
-  # Initialised in one compiled program, not op by op: eagerly every
-  # parameter shape compiled its own random draw (creating the main job's
-  # CNN took up to twice as long; docs/performance.md). The same numbers
-  # bit for bit.
-  return nnx.jit(build)()
+  return _initialised(jax.random.key(seed), name=name,
+                      image_shape=(height, width, channels),
+                      input_norm=input_norm,
+                      dtype=dtype, settings=tuple(sorted(settings.items())))
+
+
+# Initialised in one compiled program, not op by op: eagerly every parameter
+# shape compiled its own random draw (creating the main job's CNN took up to
+# twice as long; docs/performance.md). The same numbers bit for bit. The key
+# is an argument and the rest static: a network made again with the same
+# settings (the runs of a study, say) reuses the program.
+@functools.partial(nnx.jit, static_argnames=("name", "image_shape",
+                                             "input_norm", "dtype",
+                                             "settings"))
+def _initialised(key: jax.Array, *, name: str,
+                 image_shape: tuple[int, int, int], input_norm: str,
+                 dtype: str, settings: tuple[tuple[str, object], ...]
+                 ) -> Network:
+  height, width, channels = image_shape
+  return Network(MODELS[name](in_channels=channels, image_size=(height, width),
+                              dtype=DTYPES[dtype], rngs=nnx.Rngs(key),
+                              **dict(settings)), input_norm)
