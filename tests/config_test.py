@@ -32,6 +32,8 @@ class ValidateTest(parameterized.TestCase):
       ("embedding_dim", 0, "embedding_dim"),
       ("widths", (), "widths"),
       ("augment_shift", -1, "augment_shift"),
+      ("test_time_shift", 9, "test_time_shift"),
+      ("test_time_shift", 1.5, "test_time_shift"),
       ("augment_rotation", -5.0, "augment_rotation"),
       ("augment_rotation", float("nan"), "augment_rotation"),
       ("augment_scale", 1.0, "augment_scale"),

@@ -69,6 +69,52 @@ class ModelsTest(parameterized.TestCase):
     self.assertFalse(np.allclose(embed(images[:, ::-1], True),
                                  embed(images, True), atol=1e-3))
 
+  def test_test_time_views_are_every_shift_and_the_mirrors(self):
+    images = np.random.default_rng(0).integers(1, 256, (2, 7, 5, 3)
+                                               ).astype(np.float32)
+
+    def translated(x, dy, dx):  # Content moved by (dy, dx), zeros entering.
+      out = np.zeros_like(x)
+      h, w = x.shape[1:3]
+      out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = (
+          x[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)])
+      return out
+
+    for flip, shift in ((False, 0), (True, 0), (False, 2), (True, 1)):
+      got = [np.asarray(v) for v in models.test_time_views(
+          jnp.asarray(images), flip, shift)]
+      want = [translated(images, dy, dx)
+              for dy in range(-shift, shift + 1)
+              for dx in range(-shift, shift + 1)]
+      want += [v[:, :, ::-1] for v in want] if flip else []
+      # The same views, in any order.
+      self.assertLen(got, len(want))
+      key = lambda v: v.tobytes()
+      self.assertEqual(sorted(map(key, got)), sorted(map(key, want)))
+
+  @parameterized.product(normalize=(True, False), flip=(False, True))
+  def test_test_time_shift_is_the_mean_over_the_views(self, normalize, flip):
+    model = models.create("cnn", image_shape=(8, 6, 1), seed=0, widths=(4,),
+                          hidden_dim=8, embedding_dim=5, normalize=normalize)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param,
+                                              nnx.BatchStat)
+    images = np.zeros((3, 8, 6, 1), np.uint8)
+    images[:, 2:6, 2:4] = np.random.default_rng(1).integers(
+        1, 256, (3, 4, 2, 1))
+    embed = lambda x, flip=False, shift=0: np.asarray(models.embed(
+        graphdef, params, batch_stats, x, False, flip, shift), np.float64)
+    # The content fits with a margin of 2: moving it is the same as moving
+    # the window, so each view is a plain translation here.
+    views = [np.roll(images, (dy, dx), (1, 2))
+             for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    views += [v[:, :, ::-1] for v in views] if flip else []
+    mean = sum(embed(v) for v in views) / len(views)
+    if normalize:
+      mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(embed(images, flip, 1), mean, atol=1e-6)
+    self.assertFalse(np.allclose(embed(images, flip, 1), embed(images, flip),
+                                 atol=1e-4))
+
   def test_reference_cnn_parameter_count(self):
     model = models.create("cnn", image_shape=(28, 28, 1), seed=0)
     count = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

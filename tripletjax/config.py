@@ -35,7 +35,7 @@ EARLIER_VALUES = {"sampling": "host", "steps_per_call": 1}
 # run named before they existed keeps its name (and resumes).
 NEUTRAL_VALUES = {"ema_decay": 0.0, "augment_flip": False,
                   "test_time_flip": False, "augment_erase": 0.0,
-                  "rotated_classes": False}
+                  "rotated_classes": False, "test_time_shift": 0}
 # Where the data is read from, not what the run is: a run resumes with them
 # changed (its data moved, or a path spelt another way).
 LOCATION_FIELDS = ("data_dir", "manual_dir")
@@ -219,6 +219,14 @@ class Config:
       "normalises): test-time augmentation for data whose classes are "
       "mirror-symmetric (clothes, photos), in evaluation and in every use "
       "of the trained run.")
+  test_time_shift: int = _setting(
+      0, "Embed each image translated by every whole-pixel shift of at "
+      "most this many pixels along each axis (the border filled with "
+      "zeros, as augment_shift fills it; 1: nine views) and take the mean "
+      "of the embeddings (over the mirrors too with test_time_flip), "
+      "L2-normalised again where the network normalises: test-time "
+      "augmentation for data trained with shifts (digits), in evaluation "
+      "and in every use of the trained run. 0: none.")
   knn_ks: tuple[int, ...] = _setting(
       (1, 5), "k of the k-NN (majority vote) accuracies reported.")
   few_shot_ways: int = _setting(
@@ -419,6 +427,10 @@ def validate(config: Config) -> Config:
   _require(isinstance(c.augment_shift, int) and 0 <= c.augment_shift <= 8,
            f"augment_shift must be an integer in [0, 8], got "
            f"{c.augment_shift!r}.")
+  _require(isinstance(c.test_time_shift, int) and
+           0 <= c.test_time_shift <= 8,
+           f"test_time_shift must be an integer in [0, 8], got "
+           f"{c.test_time_shift!r}.")
   _require(0 <= c.augment_rotation <= 180,
            f"augment_rotation must be in [0, 180] degrees, got "
            f"{c.augment_rotation!r}.")

@@ -46,8 +46,8 @@ class Embedder:
   compilation serves every call). Images larger than the network's input
   (photos, stored larger for training's random crops) are cropped to their
   centre ``input_size x input_size`` first. With `backbone`, a ResNet's
-  pooled features instead of the embeddings; with `flip`, the mean over each
-  image and its mirror (`models.embed`).
+  pooled features instead of the embeddings; with `flip` and `shift`, the
+  mean over each image's test-time views (`models.embed`).
   """
   graphdef: nnx.GraphDef
   params: nnx.State
@@ -56,6 +56,7 @@ class Embedder:
   input_size: int
   backbone: bool = False
   flip: bool = False
+  shift: int = 0
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     n = images.shape[0]
@@ -68,7 +69,7 @@ class Embedder:
         chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]),
                                                 chunk.dtype)])
       out.append(models.embed(self.graphdef, self.params, self.batch_stats,
-                              chunk, self.backbone, self.flip
+                              chunk, self.backbone, self.flip, self.shift
                               )[:self.batch_size - pad])
     return np.asarray(jnp.concatenate(out)) if out else np.zeros((0, 0))
 

@@ -32,12 +32,13 @@ SIGNATURE_FILE = "signature.json"
 
 def _embed_function(run):
   """``uint8 [N, H, W, C] -> float32 [N, D]``: `run`'s network as its
-  evaluation embeds (`models.embed`, with the run's test-time flip)."""
+  evaluation embeds (`models.embed`, with the run's test-time views)."""
   graphdef, params, batch_stats = run.graphdef, run.params, run.batch_stats
 
   def embed(images: jax.Array) -> jax.Array:
     return models.embed(graphdef, params, batch_stats, images,
-                        flip=run.config.test_time_flip)
+                        flip=run.config.test_time_flip,
+                        shift=run.config.test_time_shift)
 
   return embed
 
@@ -67,6 +68,7 @@ def export_embedder(run, platforms: Sequence[str] = ("cpu",)
       "preprocessing": "images / 255, then the input normalisation, inside "
                        "the function",
       "test_time_flip": config.test_time_flip,
+      "test_time_shift": config.test_time_shift,
       "input_norm": config.input_norm,
       "input_norm_mean_std": models.INPUT_NORMS[config.input_norm],
       "output": {"shape": [None, config.embedding_dim], "dtype": "float32",

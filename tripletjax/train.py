@@ -429,7 +429,7 @@ def train_and_evaluate(
     embedder = evaluation.Embedder(
         graphdef, network_params(host, config), host.batch_stats,
         config.eval_batch_size, image_shape[0],
-        flip=config.test_time_flip)
+        flip=config.test_time_flip, shift=config.test_time_shift)
     return (embedder,
             *evaluation.evaluate_network(embedder, train, test, config))
 

@@ -130,7 +130,8 @@ class TrainedRun:
     """``uint8 [N, H, W, C]`` host images -> ``[N, D]`` host embeddings."""
     return Embedder(self.graphdef, self.params, self.batch_stats,
                     self.config.eval_batch_size, self.image_shape[0],
-                    flip=self.config.test_time_flip)
+                    flip=self.config.test_time_flip,
+                    shift=self.config.test_time_shift)
 
   def read_image(self, path: str, *, invert: bool = False) -> np.ndarray:
     """Image file `path` as the run's images are: photos decoded as the

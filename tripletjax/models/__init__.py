@@ -29,7 +29,8 @@ from tripletjax.models.resnet import ARCHITECTURES
 from tripletjax.models.resnet import ResNet
 
 __all__ = ["CNN", "DTYPES", "INPUT_NORMS", "MLP", "MODELS", "NORMS",
-           "Network", "ResNet", "create", "embed", "preprocess"]
+           "Network", "ResNet", "create", "embed", "preprocess",
+           "test_time_views"]
 
 MODELS = {
     "cnn": CNN,
@@ -75,10 +76,27 @@ class Network(nnx.Module):
     return self.network.backbone(self.normalize_input(x))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def test_time_views(x: jax.Array, flip: bool = False, shift: int = 0
+                    ) -> list[jax.Array]:
+  """The views of images ``x`` ``[B, H, W, C]`` that test-time augmentation
+  averages: with `shift`, ``x`` translated by every whole-pixel ``(dy, dx)``
+  with ``|dy|, |dx| <= shift`` (``(2 shift + 1)^2`` views, ``x`` itself
+  among them; the vacated border zero, as training's
+  `data.augment.random_shift` fills it), else ``x`` alone; with `flip`,
+  also the left-right mirror of each. Each view ``[B, H, W, C]``."""
+  height, width = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+  views = [padded[:, top:top + height, left:left + width]
+           for top in range(2 * shift + 1) for left in range(2 * shift + 1)]
+  if flip:
+    views += [jnp.flip(v, axis=2) for v in views]
+  return views
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
 def embed(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,
           images: jax.Array, backbone: bool = False,
-          flip: bool = False) -> jax.Array:
+          flip: bool = False, shift: int = 0) -> jax.Array:
   """``uint8 [B, H, W, C]`` images to ``[B, D]`` embeddings, in evaluation
   mode (batch norm with its running averages).
 
@@ -89,16 +107,18 @@ def embed(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State,
     batch_stats: its batch statistics (empty for networks without).
     images: ``uint8 [B, H, W, C]``.
     backbone: a ResNet's pooled features instead (``[B, features]``).
-    flip: the mean over each image and its left-right mirror (test-time
-      augmentation), L2-normalised where the network's embeddings are.
+    flip, shift: test-time augmentation: the mean embedding over each
+      image's `test_time_views`, L2-normalised again where the network's
+      embeddings are.
   """
   model = nnx.merge(graphdef, params, batch_stats)
   model.eval()
   network = model.backbone if backbone else model
-  x = preprocess(images)
-  if not flip:
-    return network(x)
-  mean = (network(x) + network(jnp.flip(x, axis=2))) / 2
+  views = test_time_views(preprocess(images), flip, shift)
+  if len(views) == 1:
+    return network(views[0])
+  # One view at a time: peak memory stays that of one batch.
+  mean = sum(network(v) for v in views) / len(views)
   normalized = not backbone and model.network.normalize
   return distances.l2_normalize(mean) if normalized else mean
 
