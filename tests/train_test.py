@@ -99,10 +99,12 @@ def test_results_are_test_queries_against_the_train_split(
       train_split.labels, config.metric, recall_ks=(1, 2, 4, 8),
       knn_ks=(1, 3))
   assert lone == 0 and results["test_queries"] == len(test)
-  # The run ranks by float32 distances: references within 1e-6 of each
-  # other (a few dozen pairs here once nine views are averaged) may swap.
+  # The run ranks by float32 distances: once nine views are averaged, this
+  # tiny network puts some references within 1e-6 of each other, and those
+  # may swap.
+  tolerance = 1e-5 if test_time_shift else 1e-6
   for name, value in want.items():
-    assert results[f"test_{name}"] == pytest.approx(value, abs=1e-5), name
+    assert results[f"test_{name}"] == pytest.approx(value, abs=tolerance), name
 
 
 def test_test_time_augmentation_changes_only_the_evaluation(dataset_dirs,
@@ -110,14 +112,13 @@ def test_test_time_augmentation_changes_only_the_evaluation(dataset_dirs,
   # Evaluations during training embed with it; the trained weights are
   # those of the run without it, bit for bit.
   config = tiny_config(dataset_dirs, steps=6, eval_every=3)
-  augmented = config.replace(test_time_flip=True, test_time_shift=1)
-  results = {}
-  for name, c in (("plain", config), ("augmented", augmented)):
-    results[name] = train.train_and_evaluate(c, str(tmp_path / name))
-  plain, flipped = (saved_params(c, str(tmp_path / name))
-                    for name, c in (("plain", config),
-                                    ("augmented", augmented)))
-  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(flipped)):
+  configs = {"plain": config, "augmented": config.replace(
+      test_time_flip=True, test_time_shift=1)}
+  results = {name: train.train_and_evaluate(c, str(tmp_path / name))
+             for name, c in configs.items()}
+  plain, augmented = (saved_params(c, str(tmp_path / name))
+                      for name, c in configs.items())
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(augmented)):
     np.testing.assert_array_equal(a, b)
   assert results["plain"]["test_map_at_r"] != results["augmented"][
       "test_map_at_r"]
