@@ -10,10 +10,17 @@ are embedded), framed green or red by label when the query's label is known.
   python -m experiments.retrieve --workdir=runs/mnist --images=a.png,b.png \
       --invert   # dark strokes on a light background, unlike MNIST
   python -m experiments.retrieve --index=INDEX --images=a.png
+  python -m experiments.retrieve --workdir=runs/mnist --misses
+
+With --misses the queries are the test images the run gets wrong: those of
+a class the train split has whose nearest train image has another label
+(the misses that the run's precision_at_1 counts, up to float32 ties).
 
 Expected: one line per query listing its 5 nearest train images with their
 labels and distances (for the main job's run, the test digits' neighbours
-carry their label 99 % of the time), and the grid in figures/query.png.
+carry their label 99 % of the time), and the grid in figures/query.png;
+with --misses first a line naming every miss (about 70 test images for
+the main job's run), then the first 64 as above.
 """
 
 import json
@@ -45,8 +52,13 @@ _BACKEND = flags.DEFINE_enum(
     "backend", "exact", ["exact", "faiss"], "With --index: exact search, or "
     "approximate through the index's faiss graph (index build "
     "--approximate).")
+_MISSES = flags.DEFINE_bool(
+    "misses", False, "Query the test images whose nearest train image has "
+    "another label (the run's 1-NN errors) instead of --images and "
+    "--test_indices.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "PNG to write (default: <workdir>/figures/query.png).")
+_SHOWN_MISSES = 64  # Misses listed with their neighbours and drawn.
 
 
 def _gallery_images(index: gallery_lib.Gallery, items: np.ndarray,
@@ -69,13 +81,31 @@ def _gallery_images(index: gallery_lib.Gallery, items: np.ndarray,
   return images.reshape(*items.shape, *images.shape[1:])
 
 
+def _misses(test: data.Split, test_embeddings: np.ndarray,
+            references: data.Split, reference_embeddings: np.ndarray,
+            metric: str) -> np.ndarray:
+  """Indices of the test images of a class the references have whose
+  nearest reference has another label (ascending)."""
+  seen = np.flatnonzero(np.isin(test.labels, references.labels))
+  _, nearest = neighbors.nearest_neighbors(
+      test_embeddings[seen], reference_embeddings, k=1, metric=metric)
+  wrong = references.labels[np.asarray(nearest)[:, 0]] != test.labels[seen]
+  return seen[wrong]
+
+
 def main(argv):
   del argv  # Checked by common.run.
   if not _WORKDIR.value and not _INDEX.value:
     raise ValueError("Give the trained run's directory (--workdir) or an "
                      "index (--index).")
-  if not _IMAGES.value and not _TEST_INDICES.value:
-    raise ValueError("Give query images: --images or --test_indices.")
+  if _MISSES.value and (_IMAGES.value or _TEST_INDICES.value
+                        or _INDEX.value):
+    raise ValueError("--misses chooses the queries from the test split and "
+                     "searches the train split: leave out --images, "
+                     "--test_indices and --index.")
+  if not (_IMAGES.value or _TEST_INDICES.value or _MISSES.value):
+    raise ValueError("Give query images: --images, --test_indices or "
+                     "--misses.")
   index = gallery_lib.load(_INDEX.value) if _INDEX.value else None
   workdir = _WORKDIR.value or index.info["workdir"]
   run = workdir_lib.restore(workdir)
@@ -92,6 +122,18 @@ def main(argv):
   bad = [i for i in indices if not 0 <= i < len(test)]
   if bad:
     raise ValueError(f"test_indices {bad} outside [0, {len(test)}).")
+  if index is None:
+    reference_embeddings = run.embedder(references.images)
+  if _MISSES.value:
+    misses = _misses(test, run.embedder(test.images), references,
+                     reference_embeddings, run.config.metric)
+    seen = np.isin(test.labels, references.labels).sum()
+    print(f"{len(misses)} misses among the {seen} test images of the train "
+          "split's classes: " + ", ".join(f"test[{i}]" for i in misses))
+    indices = misses[:_SHOWN_MISSES].tolist()
+    if not indices:
+      print(f"Step {run.step} of {workdir}; nothing to draw.")
+      return
   images = [run.read_image(p, invert=_INVERT.value)
             for p in _IMAGES.value] + [test.images[i] for i in indices]
   labels = [-1] * len(_IMAGES.value) + [int(test.labels[i]) for i in indices]
@@ -99,7 +141,7 @@ def main(argv):
   queries = run.embedder(images)
   if index is None:
     d, items = neighbors.nearest_neighbors(
-        queries, run.embedder(references.images), k=_K.value,
+        queries, reference_embeddings, k=_K.value,
         metric=run.config.metric)
     d, items = np.asarray(d), np.asarray(items)
     names = np.array([f"train[{r}]" for r in range(len(references.labels))])

@@ -58,11 +58,38 @@ def test_retrieve(trained_run, tmp_path):
     assert grid.size[0] > grid.size[1] / 3 * 2  # 3 rows of 5 images.
 
 
+def test_retrieve_misses(trained_run, tmp_path):
+  """The misses are the 1-NN errors that the run's precision_at_1 counts,
+  each shown with a nearest train image of another label."""
+  from tripletjax import data  # pylint: disable=g-import-not-at-top
+  from tripletjax import workdir  # pylint: disable=g-import-not-at-top
+  result = run_script("experiments.retrieve", f"--workdir={trained_run}",
+                      "--misses", "--k=2", f"--output={tmp_path / 'g.png'}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  first, *lines = result.stdout.splitlines()
+  metrics = json.load(open(pathlib.Path(trained_run) / "results.json"))
+  queries = metrics["test_queries"]
+  expected = (1 - metrics["test_precision_at_1"]) * queries
+  assert first.startswith(f"{round(expected)} misses among the "
+                          f"{int(queries)} test images"), first
+  assert 0 < round(expected) < 64  # Each miss drawn, and some to check.
+  train, test = data.load_splits(workdir.restore(trained_run).config)
+  named = [int(x.split("]")[0]) for x in first.split("test[")[1:]]
+  shown = [l for l in lines if l.startswith("test[")]
+  assert [int(l[5:l.index("]")]) for l in shown] == named
+  for i, line in zip(named, shown):
+    nearest = int(line.split("train[")[1].split("]")[0])
+    assert train.labels[nearest] != test.labels[i] < 5, line
+  assert (tmp_path / "g.png").exists()
+
+
 @pytest.mark.parametrize("module,flags,message", [
     ("experiments.retrieve", ["--test_indices=0"], "--workdir"),
     ("experiments.retrieve", ["--workdir=/nonexistent", "--test_indices=0"],
      "holds no run"),
     ("experiments.few_shot", ["--workdir=/nonexistent"], "holds no run"),
+    ("experiments.retrieve", ["--workdir=/x", "--misses", "--test_indices=0"],
+     "leave out --images, --test_indices"),
 ])
 def test_bad_input_is_one_line(module, flags, message):
   result = run_script(module, *flags)
