@@ -81,16 +81,14 @@ def _gallery_images(index: gallery_lib.Gallery, items: np.ndarray,
   return images.reshape(*items.shape, *images.shape[1:])
 
 
-def _misses(test: data.Split, test_embeddings: np.ndarray,
-            references: data.Split, reference_embeddings: np.ndarray,
+def _misses(queries: np.ndarray, query_labels: np.ndarray,
+            references: np.ndarray, reference_labels: np.ndarray,
             metric: str) -> np.ndarray:
-  """Indices of the test images of a class the references have whose
-  nearest reference has another label (ascending)."""
-  seen = np.flatnonzero(np.isin(test.labels, references.labels))
-  _, nearest = neighbors.nearest_neighbors(
-      test_embeddings[seen], reference_embeddings, k=1, metric=metric)
-  wrong = references.labels[np.asarray(nearest)[:, 0]] != test.labels[seen]
-  return seen[wrong]
+  """``bool [Q]``: whether each query's nearest reference has another
+  label (`queries` ``[Q, D]``, `references` ``[R, D]``)."""
+  _, nearest = neighbors.nearest_neighbors(queries, references, k=1,
+                                           metric=metric)
+  return reference_labels[np.asarray(nearest)[:, 0]] != query_labels
 
 
 def main(argv):
@@ -125,11 +123,13 @@ def main(argv):
   if index is None:
     reference_embeddings = run.embedder(references.images)
   if _MISSES.value:
-    misses = _misses(test, run.embedder(test.images), references,
-                     reference_embeddings, run.config.metric)
-    seen = np.isin(test.labels, references.labels).sum()
-    print(f"{len(misses)} misses among the {seen} test images of the train "
-          "split's classes: " + ", ".join(f"test[{i}]" for i in misses))
+    seen = np.flatnonzero(np.isin(test.labels, references.labels))
+    misses = seen[_misses(run.embedder(test.images[seen]), test.labels[seen],
+                          reference_embeddings, references.labels,
+                          run.config.metric)]
+    print(f"{len(misses)} misses among the {len(seen)} test images of the "
+          "train split's classes: "
+          + ", ".join(f"test[{i}]" for i in misses))
     indices = misses[:_SHOWN_MISSES].tolist()
     if not indices:
       print(f"Step {run.step} of {workdir}; nothing to draw.")
