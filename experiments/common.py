@@ -68,7 +68,8 @@ def config_from_flags() -> config_lib.Config:
 def settings_digest(config: config_lib.Config) -> str:
   """Eight hex digits that name `config`'s settings (those of
   `config_lib.NEUTRAL_VALUES` at that value left out)."""
-  settings = {name: value for name, value in config.to_dict().items()
+  settings = {name: value
+              for name, value in config.without_locations().to_dict().items()
               if config_lib.NEUTRAL_VALUES.get(name, object()) != value}
   return hashlib.sha256(json.dumps(settings, indent=2, sort_keys=True)
                         .encode()).hexdigest()[:8]

@@ -80,7 +80,8 @@ def run(config: config_lib.Config, workdir: str) -> dict[str, Any]:
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       results = json.load(f)
-    if config_lib.Config.from_dict(results["config"]) == config:
+    if (config_lib.Config.from_dict(results["config"]).without_locations()
+        == config.without_locations()):
       return results
   return train.train_and_evaluate(config_lib.validate(config), workdir)
 

@@ -285,6 +285,10 @@ class Config:
   def replace(self, **changes: Any) -> Config:
     return dataclasses.replace(self, **changes)
 
+  def without_locations(self) -> Config:
+    """What the run is: its settings with `LOCATION_FIELDS` unset."""
+    return self.replace(**dict.fromkeys(LOCATION_FIELDS))
+
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
