@@ -26,7 +26,9 @@ common.define_config_flags()  # The main job's settings, its defaults.
 QUICK = flags.DEFINE_bool(
     "quick", False, "A smoke test: a slice of the data, a tiny network, a few "
     "steps, one seed.")
-SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per setting (--quick: 1).")
+SEEDS = flags.DEFINE_integer(
+    "seeds", 3, "Seeds per setting (--quick: 1); an ensemble's members "
+    "(--quick too).")
 OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where the runs, tables and plots go (default: "
     "runs/<script>-<dataset>[-quick]).")

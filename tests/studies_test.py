@@ -17,6 +17,7 @@ from experiments import study
 from tripletjax import config as config_lib
 from tripletjax import data
 from tripletjax import lr_range
+from tripletjax import workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,47 @@ def test_compare_mining_tunes_on_validation_classes_and_tests_on_others(
   assert "batch_all seed 2" in again.stdout
 
 
+def test_ensemble_ranks_by_the_members_mean_distance(dataset_dirs, tmp_path):
+  flags = ["--quick", "--seeds=2", f"--output_dir={tmp_path}",
+           *(f"--{k}={v}" for k, v in dataset_dirs.items())]
+  result = _run("experiments.ensemble", flags)
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = json.loads((tmp_path / "ensemble.json").read_text())
+  members = [workdir.restore(w) for w in got["members"]]
+  assert [m.config.seed for m in members] == [0, 1]
+  train_split, test = data.load_splits(members[0].config)
+  # The reference: each test image's nearest train image by the mean of the
+  # members' squared distances, in float64.
+  mean = 0
+  for member in members:
+    q, r = (np.asarray(member.embedder(s.images), np.float64)
+            for s in (test, train_split))
+    mean = mean + ((q ** 2).sum(1)[:, None] - 2 * q @ r.T +
+                   (r ** 2).sum(1)[None]) / len(members)
+  nearest = train_split.labels[mean.argmin(1)]
+  assert got["test_knn_accuracy_at_1"] == pytest.approx(
+      np.mean(nearest == test.labels), abs=1e-9)
+  alone = [_results(tmp_path, f"seed{s}")["test_knn_accuracy_at_1"]
+           for s in (0, 1)]
+  assert got["test_knn_accuracy_at_1"] not in alone  # Not one member's.
+  table = (tmp_path / "results.md").read_text()
+  assert "\n| member | 2 |" in table and "\n| ensemble | 1 |" in table
+  # A second launch reads the members back instead of training them again.
+  written = [os.path.getmtime(os.path.join(w, "results.json"))
+             for w in got["members"]]
+  again = _run("experiments.ensemble", flags)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "member (seed 1)" in again.stdout
+  assert [os.path.getmtime(os.path.join(w, "results.json"))
+          for w in got["members"]] == written
+  assert json.loads((tmp_path / "ensemble.json").read_text()) == got
+  one = _run("experiments.ensemble", ["--quick", "--seeds=1",
+                                      f"--output_dir={tmp_path}"])
+  assert one.returncode == 2
+  assert one.stderr.strip().splitlines()[-1] == (
+      "Error: --seeds must be at least 2 for an ensemble, got 1.")
+
+
 def test_compare_mining_refuses_a_dataset_without_class_sets(tmp_path):
   result = _run("experiments.compare_mining",
                 ["--quick", "--dataset=kmnist", f"--output_dir={tmp_path}"])
@@ -162,6 +204,19 @@ def test_changed_settings_get_a_workdir_of_their_own():
   same = config_lib.Config(steps=3000)
   assert study.workdir("out", "mlp-seed0", same) == name
   assert study.workdir("out", "mlp-seed0", config.replace(steps=15000)) != name
+
+
+def test_where_the_data_is_read_from_names_no_new_run(tmp_path):
+  """The data moved (or its path spelt another way): a study's runs keep
+  their names and a finished run is read back, not trained again."""
+  config = config_lib.Config(steps=3000)
+  moved = config.replace(data_dir="/elsewhere/tfds", manual_dir="/files")
+  assert study.workdir("out", "seed0", moved) == study.workdir(
+      "out", "seed0", config)
+  assert common.default_workdir(moved) == common.default_workdir(config)
+  results = {"config": json.loads(config.to_json()), "test_loss": 0.25}
+  (tmp_path / "results.json").write_text(json.dumps(results))
+  assert study.run(moved, str(tmp_path)) == results
 
 
 def test_test_curves_keep_the_steps_every_seed_evaluated(tmp_path):
