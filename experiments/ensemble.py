@@ -1,8 +1,9 @@
 r"""Trains --seeds networks of one setting and evaluates their ensemble.
 
 The members are the settings the flags give (the main job's by default) with
-seeds 0, 1, ..., each trained in a workdir of its own under --output_dir (an
-interrupted ensemble resumes; finished members are read back). The
+seeds --seed, --seed + 1, ..., each trained in a workdir of its own under
+--output_dir (an interrupted ensemble resumes; finished members are read
+back). The
 ensemble embeds an image with every member, each with the run's test-time
 views, and puts the embeddings side by side (`tripletjax.ensemble`): its
 squared distance between two images is the mean of the members'. It is
@@ -52,7 +53,8 @@ def main(argv):
     print(f"{method} (seed {seeds}): {prefix} 1-NN "
           f"{scores['1-NN acc']:.4f}", flush=True)
 
-  for seed in range(study.SEEDS.value):
+  seeds = range(base.seed, base.seed + study.SEEDS.value)
+  for seed in seeds:
     config = base.replace(seed=seed)
     workdir = study.workdir(out, f"seed{seed}", config)
     add("member", seed, study.run(config, workdir))
@@ -63,7 +65,7 @@ def main(argv):
   train_split, test = data.load_splits(base)
   _, results = evaluation.evaluate_network(
       ensemble.Ensemble(embedders, base.metric), train_split, test, base)
-  add("ensemble", f"0-{len(members) - 1}", results)
+  add("ensemble", f"{seeds[0]}-{seeds[-1]}", results)
   print(common.format_metrics(results))
   print(f"Evaluated the ensemble in {time.perf_counter() - start:.0f} s.")
   with open(os.path.join(out, "ensemble.json"), "w", encoding="utf-8") as f:
