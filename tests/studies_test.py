@@ -140,6 +140,28 @@ def test_ensemble_ranks_by_the_members_mean_distance(dataset_dirs, tmp_path):
       "Error: --seeds must be at least 2 for an ensemble, got 1.")
 
 
+def test_ensemble_of_networks_tested_on_unseen_classes(dataset_dirs, tmp_path):
+  """Test classes never trained on (as Omniglot's): scored leave-one-out
+  among the test images, by the members' mean squared distance."""
+  result = _run("experiments.ensemble", [
+      "--quick", "--seeds=2", "--train_classes=0,1,2,3,4",
+      "--test_classes=5,6,7,8,9", f"--output_dir={tmp_path}",
+      *(f"--{k}={v}" for k, v in dataset_dirs.items())])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "ensemble (seed 0-1): unseen 1-NN" in result.stdout
+  got = json.loads((tmp_path / "ensemble.json").read_text())
+  assert not any(k.startswith("test_") for k in got)
+  members = [workdir.restore(w) for w in got["members"]]
+  _, test = data.load_splits(members[0].config)
+  mean = 0
+  for member in members:
+    q = np.asarray(member.embedder(test.images), np.float64)
+    mean = mean + ((q[:, None] - q[None]) ** 2).sum(-1) / len(members)
+  np.fill_diagonal(mean, np.inf)
+  assert got["unseen_knn_accuracy_at_1"] == pytest.approx(
+      np.mean(test.labels[mean.argmin(1)] == test.labels), abs=1e-9)
+
+
 def test_compare_mining_refuses_a_dataset_without_class_sets(tmp_path):
   result = _run("experiments.compare_mining",
                 ["--quick", "--dataset=kmnist", f"--output_dir={tmp_path}"])
