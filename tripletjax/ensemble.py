@@ -5,8 +5,9 @@ side, each divided by the square root of their number: the squared
 euclidean distance between two images is then the mean of the members'
 squared distances, and where the members' embeddings are unit vectors (or
 the metric is cosine, which normalises each member's first) the ensemble's
-are too and its cosine similarity is the mean of theirs. Every evaluation,
-search and verification that takes an embedding takes the ensemble's.
+are too and its cosine similarity is the mean of theirs. Every function of
+the library that takes embeddings (retrieval metrics, search, verification,
+few-shot episodes) takes the ensemble's.
 """
 
 from __future__ import annotations
