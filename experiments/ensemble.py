@@ -3,12 +3,11 @@ r"""Trains --seeds networks of one setting and evaluates their ensemble.
 The members are the settings the flags give (the main job's by default) with
 seeds --seed, --seed + 1, ..., each trained in a workdir of its own under
 --output_dir (an interrupted ensemble resumes; finished members are read
-back). The
-ensemble embeds an image with every member, each with the run's test-time
-views, and puts the embeddings side by side (`tripletjax.ensemble`): its
-squared distance between two images is the mean of the members'. It is
-scored as a run is (the same retrieval, verification and few-shot
-metrics). Writes ``ensemble.json`` (its metrics, its members' workdirs and
+back). The ensemble embeds an image with every member, each with the run's
+test-time views, and puts the embeddings side by side
+(`tripletjax.ensemble`): its squared distance between two images is the mean
+of the members'. It is scored as a run is (the same retrieval, verification
+and few-shot metrics). Writes ``ensemble.json`` (its metrics, its members' workdirs and
 settings) and ``results.csv`` / ``results.md`` (the members, mean ± std,
 and the ensemble).
 

@@ -110,12 +110,7 @@ def test_ensemble_ranks_by_the_members_mean_distance(dataset_dirs, tmp_path):
   train_split, test = data.load_splits(members[0].config)
   # The reference: each test image's nearest train image by the mean of the
   # members' squared distances, in float64.
-  mean = 0
-  for member in members:
-    q, r = (np.asarray(member.embedder(s.images), np.float64)
-            for s in (test, train_split))
-    mean = mean + ((q ** 2).sum(1)[:, None] - 2 * q @ r.T +
-                   (r ** 2).sum(1)[None]) / len(members)
+  mean = _mean_squared_distances(members, test, train_split)
   nearest = train_split.labels[mean.argmin(1)]
   assert got["test_knn_accuracy_at_1"] == pytest.approx(
       np.mean(nearest == test.labels), abs=1e-9)
@@ -153,13 +148,21 @@ def test_ensemble_of_networks_tested_on_unseen_classes(dataset_dirs, tmp_path):
   assert not any(k.startswith("test_") for k in got)
   members = [workdir.restore(w) for w in got["members"]]
   _, test = data.load_splits(members[0].config)
-  mean = 0
-  for member in members:
-    q = np.asarray(member.embedder(test.images), np.float64)
-    mean = mean + ((q[:, None] - q[None]) ** 2).sum(-1) / len(members)
+  mean = _mean_squared_distances(members, test, test)
   np.fill_diagonal(mean, np.inf)
   assert got["unseen_knn_accuracy_at_1"] == pytest.approx(
       np.mean(test.labels[mean.argmin(1)] == test.labels), abs=1e-9)
+
+
+def _mean_squared_distances(members, queries, references):
+  """float64 ``[Q, R]``: the mean over the trained `members` of the squared
+  distances between their embeddings of two splits' images."""
+  mean = 0
+  for member in members:
+    q, r = (np.asarray(member.embedder(s.images), np.float64)
+            for s in (queries, references))
+    mean = mean + ((q[:, None] - r[None]) ** 2).sum(-1) / len(members)
+  return mean
 
 
 def test_compare_mining_refuses_a_dataset_without_class_sets(tmp_path):

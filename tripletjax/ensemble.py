@@ -45,8 +45,7 @@ def combine(embeddings: Sequence[np.ndarray], metric: str) -> np.ndarray:
                      f"{sorted(counts)}.")
   parts = [np.asarray(e, np.float32) for e in embeddings]
   if metric == "cosine":
-    parts = [e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-             for e in parts]
+    parts = [np.asarray(distances.l2_normalize(e)) for e in parts]
   return np.concatenate(parts, axis=1) / np.float32(np.sqrt(len(parts)))
 
 
